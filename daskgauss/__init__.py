@@ -1,0 +1,18 @@
+"""daskgauss: sums of 3D Gaussians on regular grids of any size.
+
+``gaussian_sum`` returns a lazy dask array whose every block is computed only from
+the Gaussians whose support reaches it.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from ._gaussians import support_half_width
+from ._grid import Grid
+from ._lazy import gaussian_sum
+
+try:
+    __version__ = version("daskgauss")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0+unknown"
+
+__all__ = ["Grid", "__version__", "gaussian_sum", "support_half_width"]

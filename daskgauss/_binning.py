@@ -1,0 +1,247 @@
+"""Spatial binning: which Gaussians reach which output block, computed once.
+
+The bins are the output blocks. For every Gaussian (and, on a periodic grid, every
+periodic image of it that reaches the grid) the inclusive range of global sample
+indices its support box covers is computed with vectorised numpy; from that, the
+range of blocks it touches; from that, a CSR table block -> sources. The sources
+of each block are stored contiguously, so a block's task reads one slice of each
+array and nothing else. Cost: O(M x blocks touched per Gaussian), done once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._gaussians import Gaussians, support_half_width
+from ._grid import Grid
+
+__all__ = ["Binning", "BlockSources", "bin_gaussians", "block_edges"]
+
+Chunks = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+
+
+@dataclass(frozen=True, eq=False)
+class BlockSources:
+    """The Gaussians that reach one block, in the order they are summed.
+
+    Attributes
+    ----------
+    positions, sigma : ndarray, shape (K, 3), float64
+    amplitude : ndarray, shape (K,), float64
+    index_low, index_high : ndarray, shape (K, 3), int64
+        Inclusive global sample index range of each support box, clipped to the grid.
+    """
+
+    positions: np.ndarray
+    sigma: np.ndarray
+    amplitude: np.ndarray
+    index_low: np.ndarray
+    index_high: np.ndarray
+
+    @property
+    def count(self) -> int:
+        """Number of sources, K."""
+        return int(self.amplitude.shape[0])
+
+
+@dataclass(frozen=True, eq=False)
+class Binning:
+    """Sources grouped by output block (CSR layout, one contiguous run per block).
+
+    Attributes
+    ----------
+    grid : Grid
+    chunks : tuple of three tuples of ints
+        Block sizes along each axis, as dask normalises them.
+    tol : float
+        The cut, as a fraction of each Gaussian's peak.
+    block_offsets : ndarray, shape (blocks + 1,), int64
+        The sources of the block with flat (C-order) index ``b`` are rows
+        ``block_offsets[b]:block_offsets[b + 1]`` of the arrays below.
+    positions, sigma, amplitude, index_low, index_high
+        Per-row source data, see :class:`BlockSources`.
+    """
+
+    grid: Grid
+    chunks: Chunks
+    tol: float
+    block_offsets: np.ndarray
+    positions: np.ndarray
+    sigma: np.ndarray
+    amplitude: np.ndarray
+    index_low: np.ndarray
+    index_high: np.ndarray
+
+    @property
+    def numblocks(self) -> tuple[int, int, int]:
+        """Number of blocks along each axis."""
+        return tuple(len(c) for c in self.chunks)  # type: ignore[return-value]
+
+    def flat_index(self, block_index: tuple[int, int, int]) -> int:
+        """C-order flat index of a block given by its (i, j, k) block coordinates."""
+        return int(np.ravel_multi_index(block_index, self.numblocks))
+
+    def block_start(self, block_index: tuple[int, int, int]) -> np.ndarray:
+        """Global sample index of the block's first voxel, shape (3,), int64."""
+        return np.array([sum(self.chunks[d][: block_index[d]]) for d in range(3)], dtype=np.int64)
+
+    def block_shape(self, block_index: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Shape of the block."""
+        return tuple(self.chunks[d][block_index[d]] for d in range(3))  # type: ignore[return-value]
+
+    def block_count(self, block_index: tuple[int, int, int]) -> int:
+        """Number of sources that reach the block."""
+        flat = self.flat_index(block_index)
+        return int(self.block_offsets[flat + 1] - self.block_offsets[flat])
+
+    def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
+        """The sources that reach the block (views, no copies)."""
+        flat = self.flat_index(block_index)
+        rows = slice(int(self.block_offsets[flat]), int(self.block_offsets[flat + 1]))
+        return BlockSources(
+            positions=self.positions[rows],
+            sigma=self.sigma[rows],
+            amplitude=self.amplitude[rows],
+            index_low=self.index_low[rows],
+            index_high=self.index_high[rows],
+        )
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the table, in bytes."""
+        arrays = (self.block_offsets, self.positions, self.sigma, self.amplitude)
+        return sum(a.nbytes for a in (*arrays, self.index_low, self.index_high))
+
+
+def block_edges(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Global sample index where each block starts, plus the end, along each axis."""
+    return tuple(np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks)  # type: ignore[return-value]
+
+
+def _check_fits_period(radius: np.ndarray, grid: Grid) -> None:
+    """Refuse supports wider than the periodic box: they would overlap their own images."""
+    period = np.array(grid.period)
+    too_wide = np.any(2 * radius > period, axis=1)
+    if np.any(too_wide):
+        first = int(np.argmax(too_wide))
+        raise ValueError(
+            "periodic=True needs every support box (2 sigma sqrt(2 ln(1/tol)) wide) to fit in "
+            f"the periodic box {tuple(period)}; centre {first} has support width "
+            f"{tuple(2 * radius[first])}. Use a larger grid, a smaller sigma or a larger tol."
+        )
+
+
+def _periodic_images(
+    positions: np.ndarray, sigma: np.ndarray, amplitude: np.ndarray, radius: np.ndarray, grid: Grid
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Wrap centres into the periodic box and add the images that reach the grid.
+
+    Images are appended axis by axis, so the order of sources (and with it each
+    voxel's summation order) depends only on the input, never on the chunking.
+    """
+    period = np.array(grid.period)
+    origin = np.array(grid.origin)
+    spacing = np.array(grid.spacing)
+    positions = origin + np.mod(positions - origin, period)
+    for d in range(3):
+        # An image one period up reaches the grid when the original pokes out below
+        # the first sample; one period down when it pokes out past the box end. The
+        # half-spacing slack keeps this a superset; the index ranges decide exactly.
+        up = positions[:, d] - radius[:, d] <= origin[d] - spacing[d] / 2
+        down = positions[:, d] + radius[:, d] >= origin[d] + period[d] - spacing[d] / 2
+        shifted_up = positions[up].copy()
+        shifted_up[:, d] += period[d]
+        shifted_down = positions[down].copy()
+        shifted_down[:, d] -= period[d]
+        positions = np.concatenate([positions, shifted_up, shifted_down])
+        sigma = np.concatenate([sigma, sigma[up], sigma[down]])
+        amplitude = np.concatenate([amplitude, amplitude[up], amplitude[down]])
+        radius = np.concatenate([radius, radius[up], radius[down]])
+    return positions, sigma, amplitude
+
+
+def bin_gaussians(
+    gaussians: Gaussians, grid: Grid, chunks: Chunks, *, periodic: bool = False
+) -> Binning:
+    """Group the Gaussians by the output blocks their support boxes reach.
+
+    Parameters
+    ----------
+    gaussians : Gaussians
+    grid : Grid
+    chunks : tuple of three tuples of ints
+        Block sizes along each axis (dask's normalised chunks for ``grid.shape``).
+    periodic : bool
+        Treat the grid as one tile of a periodic box (see ``gaussian_sum``).
+
+    Returns
+    -------
+    Binning
+    """
+    positions = gaussians.positions
+    sigma = gaussians.sigma
+    amplitude = gaussians.amplitude
+    nonzero = amplitude != 0
+    positions, sigma, amplitude = positions[nonzero], sigma[nonzero], amplitude[nonzero]
+    half_width = support_half_width(gaussians.tol)
+    if periodic:
+        _check_fits_period(gaussians.radius, grid)
+        positions, sigma, amplitude = _periodic_images(
+            positions, sigma, amplitude, sigma * half_width, grid
+        )
+    radius = sigma * half_width
+
+    origin = np.array(grid.origin)
+    spacing = np.array(grid.spacing)
+    last_sample = np.array(grid.shape) - 1
+    index_low = np.ceil((positions - radius - origin) / spacing)
+    index_high = np.floor((positions + radius - origin) / spacing)
+    # Clip in float first: a centre far outside the grid must not overflow int64.
+    index_low = np.clip(index_low, 0, last_sample + 1).astype(np.int64)
+    index_high = np.clip(index_high, -1, last_sample).astype(np.int64)
+    reaches = np.all(index_low <= index_high, axis=1)
+    positions, sigma, amplitude = positions[reaches], sigma[reaches], amplitude[reaches]
+    index_low, index_high = index_low[reaches], index_high[reaches]
+
+    edges = block_edges(chunks)
+    numblocks = tuple(len(c) for c in chunks)
+    first_block = np.stack(
+        [np.searchsorted(edges[d], index_low[:, d], side="right") - 1 for d in range(3)], axis=1
+    )
+    last_block = np.stack(
+        [np.searchsorted(edges[d], index_high[:, d], side="right") - 1 for d in range(3)], axis=1
+    )
+    extent = last_block - first_block + 1
+    pairs_per_source = np.prod(extent, axis=1)
+    total = int(pairs_per_source.sum())
+
+    # Expand every source into the (source, block) pairs of its block box, in
+    # source order, then sort stably by block: sources stay ascending per block.
+    source = np.repeat(np.arange(len(amplitude)), pairs_per_source)
+    local = np.arange(total) - np.repeat(
+        np.cumsum(pairs_per_source) - pairs_per_source, pairs_per_source
+    )
+    extent_y = extent[source, 1]
+    extent_z = extent[source, 2]
+    block_x = first_block[source, 0] + local // (extent_y * extent_z)
+    block_y = first_block[source, 1] + (local // extent_z) % extent_y
+    block_z = first_block[source, 2] + local % extent_z
+    flat = (block_x * numblocks[1] + block_y) * numblocks[2] + block_z
+    order = np.argsort(flat, kind="stable")
+    rows = source[order]
+    counts = np.bincount(flat, minlength=int(np.prod(numblocks)))
+    block_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+
+    return Binning(
+        grid=grid,
+        chunks=chunks,
+        tol=gaussians.tol,
+        block_offsets=block_offsets,
+        positions=np.ascontiguousarray(positions[rows]),
+        sigma=np.ascontiguousarray(sigma[rows]),
+        amplitude=np.ascontiguousarray(amplitude[rows]),
+        index_low=np.ascontiguousarray(index_low[rows]),
+        index_high=np.ascontiguousarray(index_high[rows]),
+    )

@@ -1,0 +1,191 @@
+"""Validation of the Gaussians a user asks for, and the quantities derived from them.
+
+Everything a user can get wrong about the centres, sigmas, weights, normalisation and
+tolerance is caught here, before any graph is built, with a message that names the
+argument and what it accepts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = ["Gaussians", "prepare_gaussians", "support_half_width"]
+
+Normalize = Literal["peak", "density"]
+NORMALIZATIONS: tuple[str, ...] = ("peak", "density")
+
+
+def support_half_width(tol: float) -> float:
+    """Half-width of each Gaussian's support in sigmas: ``sqrt(2 ln(1/tol))``.
+
+    At this distance along one axis the Gaussian has fallen to ``tol`` times its
+    peak, so every value dropped outside the support box is below ``tol`` times
+    the peak (this is scipy's ``truncate``; ``tol = exp(-truncate**2 / 2)``).
+    """
+    return math.sqrt(2.0 * math.log(1.0 / tol))
+
+
+@dataclass(frozen=True, eq=False)
+class Gaussians:
+    """Validated Gaussians in the form the rest of the package uses.
+
+    Attributes
+    ----------
+    positions : ndarray, shape (M, 3), float64
+        Centres (coordinate units).
+    sigma : ndarray, shape (M, 3), float64
+        Standard deviation along x, y, z of each Gaussian (coordinate units).
+    amplitude : ndarray, shape (M,), float64
+        Peak value of each Gaussian: its weight times its normalisation.
+    tol : float
+        Each Gaussian is cut where it falls below ``tol`` times its peak.
+    """
+
+    positions: np.ndarray
+    sigma: np.ndarray
+    amplitude: np.ndarray
+    tol: float
+
+    @property
+    def count(self) -> int:
+        """Number of Gaussians, M."""
+        return int(self.positions.shape[0])
+
+    @property
+    def radius(self) -> np.ndarray:
+        """Half-width of each support box along each axis, shape (M, 3) (coordinate units)."""
+        return self.sigma * support_half_width(self.tol)
+
+    def fingerprint(self) -> str:
+        """A SHA-256 of positions, sigmas, amplitudes and tolerance: equal inputs, equal hash."""
+        digest = hashlib.sha256()
+        for array in (self.positions, self.sigma, self.amplitude):
+            digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
+        digest.update(repr(self.tol).encode())
+        return digest.hexdigest()
+
+
+def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be numeric, got {type(value).__name__}") from None
+    if not np.all(np.isfinite(array)):
+        bad = np.argwhere(~np.isfinite(array))[0]
+        raise ValueError(
+            f"{name} must be finite: found {array[tuple(bad)]} "
+            f"at index {tuple(int(i) for i in bad)}"
+        )
+    return array
+
+
+def _centres(centres: ArrayLike) -> np.ndarray:
+    array = _finite_float_array(centres, "centres")
+    if array.size == 0 and array.ndim in (1, 2):
+        return np.empty((0, 3))
+    if array.ndim != 2 or array.shape[1] != 3:
+        raise ValueError(
+            f"centres must have shape (M, 3), one x y z row per centre; got {array.shape}"
+        )
+    return np.ascontiguousarray(array)
+
+
+def _sigma(sigma: ArrayLike, count: int) -> np.ndarray:
+    array = _finite_float_array(sigma, "sigma")
+    if array.ndim == 0 or array.shape == (1,):
+        full = np.full((count, 3), float(array.reshape(-1)[0]))
+    elif array.shape == (count,):
+        full = np.repeat(array[:, None], 3, axis=1)
+    elif array.shape in ((count, 3), (1, 3)):
+        full = np.broadcast_to(array, (count, 3)).copy()
+    else:
+        hint = (
+            " (for one anisotropic sigma for all centres use shape (1, 3))"
+            if array.shape == (3,)
+            else ""
+        )
+        raise ValueError(
+            f"sigma must be a number, shape (M,) = ({count},), (M, 3) = ({count}, 3) or (1, 3); "
+            f"got shape {array.shape}{hint}"
+        )
+    if np.any(array <= 0):
+        raise ValueError(f"sigma must be positive, got a minimum of {array.min()}")
+    return full
+
+
+def _weights(weights: ArrayLike | None, count: int) -> np.ndarray:
+    if weights is None:
+        return np.ones(count)
+    array = _finite_float_array(weights, "weights")
+    if array.ndim == 0:
+        return np.full(count, float(array))
+    if array.shape != (count,):
+        raise ValueError(
+            f"weights must be None, a number or shape (M,) = ({count},); got {array.shape}"
+        )
+    return array.copy()
+
+
+def _tol(tol: float) -> float:
+    try:
+        value = float(tol)
+    except (TypeError, ValueError):
+        raise ValueError(f"tol must be a number in (0, 1), got {tol!r}") from None
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            "tol must lie in (0, 1): the fraction of each Gaussian's peak below which it is "
+            f"cut; got {tol!r}"
+        )
+    return value
+
+
+def prepare_gaussians(
+    centres: ArrayLike,
+    sigma: ArrayLike,
+    *,
+    weights: ArrayLike | None = None,
+    normalize: str = "peak",
+    tol: float = 1e-6,
+) -> Gaussians:
+    """Validate user input and turn it into :class:`Gaussians`.
+
+    Parameters
+    ----------
+    centres : array_like, shape (M, 3)
+        Centre coordinates; column ``d`` is output axis ``d``.
+    sigma : float or array_like, shape (M,), (M, 3) or (1, 3)
+        Standard deviations (coordinate units).
+    weights : None, float or array_like, shape (M,)
+        Weight of each Gaussian (may be negative); None means 1.
+    normalize : {"peak", "density"}
+        ``"peak"``: each Gaussian peaks at its weight. ``"density"``: each integrates
+        to its weight, amplitude ``w (2 pi)^(-3/2) / (sigma_x sigma_y sigma_z)``.
+    tol : float in (0, 1)
+        Cut each Gaussian where it falls below ``tol`` times its peak.
+
+    Raises
+    ------
+    ValueError
+        For any input outside what is described above.
+    """
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
+    cut = _tol(tol)
+    positions = _centres(centres)
+    count = positions.shape[0]
+    sigmas = _sigma(sigma, count)
+    amplitude = _weights(weights, count)
+    if normalize == "density":
+        amplitude = amplitude * (2.0 * math.pi) ** -1.5 / np.prod(sigmas, axis=1)
+        if not np.all(np.isfinite(amplitude)):
+            raise ValueError(
+                'normalize="density" overflows for these sigmas: scale the coordinates so that '
+                "sigma_x * sigma_y * sigma_z is representable"
+            )
+    return Gaussians(positions=positions, sigma=sigmas, amplitude=amplitude, tol=cut)
