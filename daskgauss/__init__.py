@@ -1,7 +1,8 @@
 """daskgauss: sums of 3D Gaussians on regular grids of any size.
 
 ``gaussian_sum`` returns a lazy dask array whose every block is computed only from
-the Gaussians whose support reaches it.
+the Gaussians whose support reaches it; ``render_to_zarr`` writes the same volume
+block by block into a Zarr v3 (OME-NGFF) store, resumably, on any dask scheduler.
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -9,10 +10,18 @@ from importlib.metadata import PackageNotFoundError, version
 from ._gaussians import support_half_width
 from ._grid import Grid
 from ._lazy import gaussian_sum
+from ._render import RenderReport, render_to_zarr
 
 try:
     __version__ = version("daskgauss")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0+unknown"
 
-__all__ = ["Grid", "__version__", "gaussian_sum", "support_half_width"]
+__all__ = [
+    "Grid",
+    "RenderReport",
+    "__version__",
+    "gaussian_sum",
+    "render_to_zarr",
+    "support_half_width",
+]

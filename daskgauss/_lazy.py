@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import dask
 import dask.array as da
 import numpy as np
@@ -11,10 +13,10 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _config
 from ._binning import Binning, Chunks, bin_gaussians
 from ._block import render_block
-from ._gaussians import prepare_gaussians
+from ._gaussians import Gaussians, prepare_gaussians
 from ._grid import Grid
 
-__all__ = ["block_chunks", "gaussian_sum", "output_dtype", "plan"]
+__all__ = ["Plan", "block_chunks", "gaussian_sum", "output_dtype", "plan"]
 
 # Default block sides are multiples of this, so that kernel tiles fill them.
 _BLOCK_MULTIPLE = 16
@@ -37,7 +39,8 @@ def _default_block_shape(shape: tuple[int, int, int], itemsize: int) -> tuple[in
     block = [0, 0, 0]
     remaining = sorted(range(3), key=lambda d: shape[d])
     while remaining:
-        side = budget ** (1 / len(remaining))
+        # The small excess keeps exact powers (64 MiB / 4 B = 256^3) from rounding down.
+        side = budget ** (1 / len(remaining)) * (1 + 1e-9)
         axis = remaining.pop(0)
         if shape[axis] <= side:
             block[axis] = shape[axis]
@@ -65,6 +68,27 @@ def block_chunks(chunks: object, shape: tuple[int, int, int], dtype: np.dtype) -
     return normalised  # type: ignore[return-value]
 
 
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A validated, binned job: what both the lazy array and the Zarr writer start from.
+
+    Attributes
+    ----------
+    gaussians : Gaussians
+    binning : Binning
+    dtype : numpy.dtype
+    periodic : bool
+    token : str
+        Identifies the job: equal inputs, equal token.
+    """
+
+    gaussians: Gaussians
+    binning: Binning
+    dtype: np.dtype
+    periodic: bool
+    token: str
+
+
 def plan(
     centres: ArrayLike,
     sigma: ArrayLike,
@@ -76,12 +100,8 @@ def plan(
     periodic: bool = False,
     chunks: object = None,
     dtype: DTypeLike = "float32",
-) -> tuple[Binning, np.dtype, str]:
-    """Validate every argument of :func:`gaussian_sum` and bin the Gaussians.
-
-    Returns the binning, the output dtype, and a token that identifies the job
-    (equal inputs, equal token).
-    """
+) -> Plan:
+    """Validate every argument of :func:`gaussian_sum` and bin the Gaussians."""
     if not isinstance(grid, Grid):
         raise TypeError(
             f"grid must be a daskgauss.Grid (e.g. Grid.from_bounds(lower, upper, shape)), "
@@ -94,7 +114,7 @@ def plan(
     normalised = block_chunks(chunks, grid.shape, resolved)
     binning = bin_gaussians(gaussians, grid, normalised, periodic=bool(periodic))
     token = tokenize(gaussians.fingerprint(), grid, normalised, bool(periodic), resolved.str)
-    return binning, resolved, token
+    return Plan(gaussians, binning, resolved, bool(periodic), token)
 
 
 def _render_task(binning: Binning, block_info: dict | None = None) -> np.ndarray:
@@ -206,7 +226,7 @@ def gaussian_sum(
     >>> round(float(volume[6, 5, 5].compute()), 6)
     0.606531
     """
-    binning, resolved, token = plan(
+    job = plan(
         centres,
         sigma,
         grid,
@@ -219,12 +239,12 @@ def gaussian_sum(
     )
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block.
-    shared = dask.delayed(binning, name=f"daskgauss-binning-{token}", traverse=False)
+    shared = dask.delayed(job.binning, name=f"daskgauss-binning-{job.token}", traverse=False)
     return da.map_blocks(
         _render_task,
         shared,
-        chunks=binning.chunks,
-        dtype=resolved,
-        meta=np.empty((0, 0, 0), dtype=resolved),
-        name=f"gaussian-sum-{token}",
+        chunks=job.binning.chunks,
+        dtype=job.dtype,
+        meta=np.empty((0, 0, 0), dtype=job.dtype),
+        name=f"gaussian-sum-{job.token}",
     )

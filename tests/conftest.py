@@ -28,3 +28,17 @@ def _synchronous_default():
     """Tests run dask's threaded scheduler unless they choose another; config restored after."""
     with dask.config.set(scheduler="threads"):
         yield
+
+
+@pytest.fixture
+def small_job(rng) -> dict:
+    """A render job small enough for tests: 400 centres on a 60 x 52 x 44 grid."""
+    import daskgauss as dg
+
+    return {
+        "centres": rng.uniform(-12, 12, size=(400, 3)),
+        "sigma": 0.9,
+        "grid": dg.Grid.from_bounds((-10, -9, -8), (10, 9, 8), (60, 52, 44)),
+        "weights": rng.uniform(0.5, 1.5, size=400),
+        "chunks": (16, 16, 16),
+    }

@@ -1,0 +1,89 @@
+"""Connecting to a dask.distributed cluster, or starting a local one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import distributed
+
+__all__ = ["ClusterError", "connect", "default_local_size"]
+
+# How long to wait for a scheduler before giving up with a clear error.
+CONNECT_TIMEOUT = "15s"
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be reached or started."""
+
+
+def default_local_size() -> tuple[int, int]:
+    """(workers, threads per worker) for a LocalCluster on this machine.
+
+    One worker process per four cores (at least one), the cores split among
+    them: threads share the numba kernel and zarr codecs, which release the GIL,
+    so fewer, wider processes save the ~200 MB each process costs without losing
+    speed; several processes on big machines keep any one scheduler thread off
+    the critical path.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = max(1, cores or 1)
+    workers = max(1, cores // 4)
+    return workers, max(1, cores // workers)
+
+
+@contextlib.contextmanager
+def connect(
+    *,
+    scheduler: str | None = None,
+    scheduler_file: str | None = None,
+    workers: int | None = None,
+    threads_per_worker: int | None = None,
+    timeout: str = CONNECT_TIMEOUT,
+) -> Iterator[distributed.Client]:
+    """A client for an existing scheduler, or for a LocalCluster started here.
+
+    Parameters
+    ----------
+    scheduler : str, optional
+        Address of a running scheduler, ``tcp://host:port``.
+    scheduler_file : str, optional
+        The JSON file ``dask scheduler --scheduler-file`` wrote.
+    workers, threads_per_worker : int, optional
+        Size of the LocalCluster when neither of the above is given; default
+        :func:`default_local_size`. Its workers preload ``daskgauss.preload``.
+    timeout : str
+        How long to wait for the scheduler.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler is unreachable within ``timeout``, or both a scheduler
+        address and a scheduler file were given.
+    """
+    if scheduler and scheduler_file:
+        raise ClusterError("give --scheduler or --scheduler-file, not both")
+    if scheduler or scheduler_file:
+        where = scheduler or f"the scheduler in {scheduler_file}"
+        try:
+            client = distributed.Client(
+                address=scheduler, scheduler_file=scheduler_file, timeout=timeout
+            )
+        except (OSError, TimeoutError, ValueError) as error:
+            raise ClusterError(f"cannot reach {where} within {timeout}: {error}") from None
+        with client:
+            yield client
+        return
+    default_workers, default_threads = default_local_size()
+    with (
+        distributed.LocalCluster(
+            n_workers=workers or default_workers,
+            threads_per_worker=threads_per_worker or default_threads,
+            processes=True,
+            dashboard_address=":0",
+            preload=["daskgauss.preload"],
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        yield client

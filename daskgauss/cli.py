@@ -1,0 +1,399 @@
+"""The ``daskgauss`` command line: render, inspect, preview and export stores."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+import numpy as np
+
+from ._centres_io import CentresFileError, read_centres
+from ._cluster import ClusterError, connect
+from ._export import export_mrc, preview_png, store_summary
+from ._grid import Grid
+from ._render import prepare_render
+from ._store import SPACE_UNITS, StoreMismatchError
+
+__all__ = ["main"]
+
+# Options that take one value (the same on every axis) or three (x y z).
+_PER_AXIS_OPTIONS = (
+    "--shape", "--lower", "--upper", "--origin", "--spacing", "--chunks", "--sigma",
+)  # fmt: skip
+# Errors that are the user's to fix: reported in one line, no traceback.
+_USER_ERRORS = (
+    ValueError,
+    TypeError,
+    CentresFileError,
+    StoreMismatchError,
+    ClusterError,
+    FileNotFoundError,
+    FileExistsError,
+    ImportError,
+)
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def join_per_axis_values(arguments: Sequence[str]) -> list[str]:
+    """Turn ``--shape 256 256 128`` into ``--shape 256,256,128`` for click.
+
+    Click options take a fixed number of values; these take one or three, so the
+    numbers that follow such an option (negative ones included) are joined.
+    """
+    joined: list[str] = []
+    position = 0
+    while position < len(arguments):
+        token = arguments[position]
+        joined.append(token)
+        position += 1
+        if token in _PER_AXIS_OPTIONS:
+            values = []
+            while position < len(arguments) and len(values) < 3 and _is_number(arguments[position]):
+                values.append(arguments[position])
+                position += 1
+            if values:
+                joined.append(",".join(values))
+    return joined
+
+
+def _per_axis(kind: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback parsing ``a`` or ``a,b,c`` into one value or a 3-tuple."""
+
+    def parse(context: click.Context, parameter: click.Parameter, value: Any) -> Any:
+        if value is None:
+            return None
+        parts = [part for part in str(value).split(",") if part]
+        if len(parts) not in (1, 3):
+            raise click.BadParameter(f"give one value or three (x y z), got {value!r}")
+        try:
+            numbers = [kind(part) for part in parts]
+        except ValueError:
+            raise click.BadParameter(f"not a number: {value!r}") from None
+        return numbers[0] if len(numbers) == 1 else tuple(numbers)
+
+    return parse
+
+
+def _positive_int(text: str) -> int:
+    number = int(text)
+    if number < 1:
+        raise ValueError(text)
+    return number
+
+
+class _Commands(click.Group):
+    def parse_args(self, context: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(context, join_per_axis_values(args))
+
+
+def _fail(error: BaseException) -> None:
+    message = " ".join(str(error).split()) or type(error).__name__
+    raise click.ClickException(message)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="daskgauss")
+def cli() -> None:
+    """Render sums of 3D Gaussians into Zarr v3 (OME-NGFF) stores, on dask clusters."""
+
+
+@cli.command()
+@click.argument("centres", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.argument("store")
+@click.option(
+    "--shape",
+    required=True,
+    callback=_per_axis(_positive_int),
+    metavar="N [N N]",
+    help="Samples per axis: one number for all axes or three (x y z).",
+)
+@click.option(
+    "--lower",
+    callback=_per_axis(float),
+    metavar="X [Y Z]",
+    help="First sample's coordinates (with --upper: linspace bounds, both ends sampled).",
+)
+@click.option(
+    "--upper",
+    callback=_per_axis(float),
+    metavar="X [Y Z]",
+    help="Last sample's coordinates (with --lower).",
+)
+@click.option(
+    "--origin",
+    callback=_per_axis(float),
+    metavar="X [Y Z]",
+    help="First sample's coordinates (with --spacing).",
+)
+@click.option(
+    "--spacing",
+    callback=_per_axis(float),
+    metavar="D [D D]",
+    help="Distance between samples (with --origin).",
+)
+@click.option(
+    "--sigma",
+    callback=_per_axis(float),
+    metavar="S [S S]",
+    help="Standard deviation for every centre (three for anisotropic); "
+    "or give sigma / sx sy sz columns in CENTRES.",
+)
+@click.option(
+    "--tol",
+    default=1e-6,
+    show_default=True,
+    type=float,
+    help="Cut each Gaussian below this fraction of its peak.",
+)
+@click.option(
+    "--normalize",
+    type=click.Choice(["peak", "density"]),
+    default="peak",
+    show_default=True,
+    help="peak: each peaks at its weight; density: integrates to it.",
+)
+@click.option("--periodic", is_flag=True, help="Wrap Gaussians around the grid's periodic box.")
+@click.option(
+    "--chunks",
+    callback=_per_axis(_positive_int),
+    metavar="C [C C]",
+    help="Block (and Zarr chunk) size; default about 64 MiB per block.",
+)
+@click.option(
+    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
+)
+@click.option(
+    "--unit",
+    type=click.Choice(SPACE_UNITS),
+    default=None,
+    help="Unit of the coordinates, recorded in the OME-NGFF metadata.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["lz4", "none", "zstd", "zstd-plain"]),
+    default=None,
+    help="Chunk codec (default lz4).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace whatever is at STORE.")
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local cluster: worker processes (default: one per 4 cores).",
+)
+@click.option(
+    "--threads-per-worker",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Local cluster: threads per worker (default: cores / workers).",
+)
+@click.option(
+    "--scheduler",
+    default=None,
+    metavar="ADDRESS",
+    help="Use the running scheduler at ADDRESS (tcp://host:port) instead.",
+)
+@click.option(
+    "--scheduler-file",
+    default=None,
+    type=click.Path(dir_okay=False),
+    help="Use the scheduler described in this file (dask scheduler --scheduler-file).",
+)
+def render(
+    centres: pathlib.Path,
+    store: str,
+    shape: Any,
+    lower: Any,
+    upper: Any,
+    origin: Any,
+    spacing: Any,
+    sigma: Any,
+    tol: float,
+    normalize: str,
+    periodic: bool,
+    chunks: Any,
+    dtype: str,
+    unit: str | None,
+    compression: str | None,
+    overwrite: bool,
+    workers: int | None,
+    threads_per_worker: int | None,
+    scheduler: str | None,
+    scheduler_file: str | None,
+) -> None:
+    """Render the Gaussians centred at CENTRES into the Zarr store STORE.
+
+    CENTRES is .npy (M x 3) or .csv/.txt/.xyz with a header naming x y z and
+    optional weight and sigma (or sx sy sz) columns. STORE is a path or an fsspec
+    URL. Running the same command again resumes an interrupted render.
+    """
+    started = time.perf_counter()
+    try:
+        if scheduler and scheduler_file:
+            raise ValueError("give --scheduler or --scheduler-file, not both")
+        grid = _grid_from_options(shape, lower, upper, origin, spacing)
+        data = read_centres(centres)
+        if (sigma is None) == (data.sigma is None):
+            raise ValueError(
+                "give the standard deviation with --sigma or as sigma (or sx sy sz) columns "
+                f"in {centres}, not both" if sigma is not None else
+                f"give --sigma, or sigma (or sx sy sz) columns in {centres}"
+            )  # fmt: skip
+        if isinstance(sigma, tuple):
+            sigma = np.array([sigma])
+        job = prepare_render(
+            store,
+            data.centres,
+            sigma if sigma is not None else data.sigma,
+            grid,
+            weights=data.weights,
+            normalize=normalize,
+            tol=tol,
+            periodic=periodic,
+            chunks=chunks,
+            dtype=dtype,
+            unit=unit,
+            compression=compression,
+            overwrite=overwrite,
+        )
+        with connect(
+            scheduler=scheduler,
+            scheduler_file=scheduler_file,
+            workers=workers,
+            threads_per_worker=threads_per_worker,
+        ) as client:
+            where = scheduler or scheduler_file or "a local cluster"
+            click.echo(f"rendering {grid.shape} on {where} (dashboard: {client.dashboard_link})")
+            report = job.run(progress=True)
+    except _USER_ERRORS as error:
+        _fail(error)
+    seconds = time.perf_counter() - started
+    voxels = float(np.prod(grid.shape))
+    click.echo(
+        f"wrote {store}: shape {grid.shape} {dtype}, {report.blocks} blocks "
+        f"({report.rendered} rendered, {report.empty} empty, {report.already_done} already done) "
+        f"in {seconds:.1f} s, {voxels / seconds / 1e6:.0f} Mvoxel/s"
+    )
+
+
+def _grid_from_options(shape: Any, lower: Any, upper: Any, origin: Any, spacing: Any) -> Grid:
+    bounds = lower is not None or upper is not None
+    placed = origin is not None or spacing is not None
+    if bounds == placed:
+        raise ValueError("give either --lower and --upper, or --origin and --spacing")
+    if bounds:
+        if lower is None or upper is None:
+            raise ValueError("--lower and --upper go together")
+        return Grid.from_bounds(lower, upper, shape)
+    if origin is None or spacing is None:
+        raise ValueError("--origin and --spacing go together")
+    return Grid(shape=shape, origin=origin, spacing=spacing)
+
+
+@cli.command()
+@click.argument("store")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def info(store: str, as_json: bool) -> None:
+    """Shape, grid, parameters and progress of STORE."""
+    try:
+        summary = store_summary(store)
+    except _USER_ERRORS as error:
+        _fail(error)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+        return
+    job = summary["job"]
+    grid = summary["grid"]
+    unit = summary["unit"] or "coordinate units"
+    sigma = job["sigma"]
+    lines = [
+        f"store       {summary['location']}",
+        f"shape       {tuple(summary['shape'])} {summary['dtype']}, "
+        f"blocks of {tuple(summary['block_shape'])}",
+        f"grid        origin {tuple(grid['origin'])}, spacing {tuple(grid['spacing'])} ({unit})",
+        f"gaussians   {job['centres']} centres, sigma {sigma['min']}..{sigma['max']}, "
+        f"tol {job['tol']}, {job['normalize']}{', periodic' if job['periodic'] else ''}",
+        f"progress    {summary['blocks_done']} of {summary['blocks']} blocks done",
+        f"runs        {len(summary['runs'])}",
+    ]
+    if summary["bytes_on_disk"] is not None:
+        lines.append(f"on disk     {summary['bytes_on_disk'] / 2**20:.1f} MiB")
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option(
+    "--axis",
+    type=click.Choice(["0", "1", "2", "x", "y", "z"]),
+    default="z",
+    show_default=True,
+    help="Axis the plane is cut across.",
+)
+@click.option("--index", type=int, default=None, help="Plane index (default: the middle).")
+@click.option("--max", "projection", is_flag=True, help="Maximum projection along the axis.")
+def preview(store: str, output: str, axis: str, index: int | None, projection: bool) -> None:
+    """Save a plane of STORE, or a maximum projection, as the PNG OUTPUT."""
+    if index is not None and projection:
+        _fail(ValueError("give --index or --max, not both"))
+    try:
+        preview_png(store, output, axis="xyz".index(axis) if axis in "xyz" else int(axis),
+                    index=index, projection=projection)  # fmt: skip
+    except _USER_ERRORS as error:
+        _fail(error)
+    click.echo(f"wrote {output}")
+
+
+@cli.command()
+@click.argument("store")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+def export(store: str, output: str, overwrite: bool) -> None:
+    """Write STORE as the MRC file OUTPUT (voxel size and origin set), block by block."""
+    try:
+        export_mrc(store, output, overwrite=overwrite)
+    except _USER_ERRORS as error:
+        _fail(error)
+    click.echo(f"wrote {output}")
+
+
+@cli.command("demo-centres")
+@click.argument("output", type=click.Path(dir_okay=False))
+@click.option("--count", type=click.IntRange(min=0), default=10000, show_default=True)
+@click.option(
+    "--box",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Side of the cube, centred on 0, the centres fill.",
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+def demo_centres(output: str, count: int, box: float, seed: int) -> None:
+    """Write COUNT random centres to OUTPUT (.npy or .csv), for trying daskgauss out."""
+    centres = np.random.default_rng(seed).uniform(-box / 2, box / 2, size=(count, 3))
+    path = pathlib.Path(output)
+    if path.suffix == ".npy":
+        np.save(path, centres)
+    elif path.suffix in (".csv", ".txt"):
+        np.savetxt(path, centres, delimiter=",", header="x,y,z", comments="", fmt="%.6f")
+    else:
+        _fail(ValueError(f"OUTPUT must end in .npy, .csv or .txt, got {output}"))
+    click.echo(f"wrote {count} centres in [{-box / 2:g}, {box / 2:g}]^3 to {output}")
+
+
+def main(arguments: Sequence[str] | None = None) -> None:
+    """Entry point of the ``daskgauss`` command."""
+    cli.main(args=list(sys.argv[1:] if arguments is None else arguments), prog_name="daskgauss")
