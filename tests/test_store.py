@@ -1,0 +1,151 @@
+"""The Zarr store: OME-NGFF metadata, the completion record and the sources sidecar."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import zarr
+
+import daskgauss as dg
+from daskgauss._binning import bin_gaussians
+from daskgauss._gaussians import prepare_gaussians
+from daskgauss._store import (
+    StoreMismatchError,
+    check_target,
+    create_target,
+    location_exists,
+    normalise_location,
+    open_target,
+)
+
+
+@pytest.fixture
+def rendered(tmp_path, rng):
+    grid = dg.Grid(shape=(30, 26, 22), origin=(-4.0, 2.5, 10.0), spacing=(0.5, 0.4, 0.3))
+    centres = rng.uniform((-4, 2.5, 10), (11, 12.5, 16.6), size=(60, 3))
+    store = tmp_path / "image.zarr"
+    dg.render_to_zarr(store, centres, 0.7, grid, chunks=(8, 8, 8), unit="nanometer")
+    return store, grid
+
+
+def test_ngff_multiscales_round_trip(rendered):
+    store, grid = rendered
+    group = zarr.open_group(str(store), mode="r")
+    assert group.metadata.zarr_format == 3
+    ome = group.attrs["ome"]
+    assert ome["version"] == "0.5"
+    (multiscale,) = ome["multiscales"]
+    assert multiscale["axes"] == [
+        {"name": axis, "type": "space", "unit": "nanometer"} for axis in ("x", "y", "z")
+    ]
+    (dataset,) = multiscale["datasets"]
+    assert dataset["path"] == "0"
+    transforms = {t["type"]: t for t in dataset["coordinateTransformations"]}
+    assert transforms["scale"]["scale"] == list(grid.spacing)
+    assert transforms["translation"]["translation"] == list(grid.origin)
+    assert [t["type"] for t in dataset["coordinateTransformations"]] == ["scale", "translation"]
+    array = group["0"]
+    assert array.metadata.dimension_names == ("x", "y", "z")
+    assert array.shape == grid.shape
+    assert array.chunks == (8, 8, 8)
+
+
+def test_job_parameters_recorded(rendered):
+    store, grid = rendered
+    job = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["job"]
+    assert job["grid"] == grid.to_dict()
+    assert job["centres"] == 60
+    assert job["sigma"] == {"min": 0.7, "max": 0.7, "mean": pytest.approx(0.7)}
+    assert job["tol"] == 1e-6
+    assert job["normalize"] == "peak"
+    assert job["periodic"] is False
+    assert job["dtype"] == "float32"
+    assert job["block_shape"] == [8, 8, 8]
+    assert job["unit"] == "nanometer"
+    assert job["version"] == dg.__version__
+    assert len(job["fingerprint"]) == 64
+
+
+def test_ome_zarr_reader_places_the_image(rendered):
+    ome_reader = pytest.importorskip("ome_zarr.reader")
+    ome_io = pytest.importorskip("ome_zarr.io")
+    store, grid = rendered
+    location = ome_io.parse_url(str(store))
+    assert location.version == "0.5"
+    (node,) = list(ome_reader.Reader(location)())
+    assert [axis["name"] for axis in node.metadata["axes"]] == ["x", "y", "z"]
+    (transforms,) = node.metadata["coordinateTransformations"]
+    assert transforms[0]["scale"] == list(grid.spacing)
+    assert transforms[1]["translation"] == list(grid.origin)
+    np.testing.assert_array_equal(np.asarray(node.data[0]), zarr.open_array(str(store), path="0")[...])
+
+
+def test_ngff_05_schema_validates(rendered):
+    image = pytest.importorskip("ome_zarr_models.v05.image")
+    store, _ = rendered
+    model = image.Image.from_zarr(zarr.open_group(str(store), mode="r"))
+    assert [axis.name for axis in model.attributes.ome.multiscales[0].axes] == ["x", "y", "z"]
+
+
+def test_sources_sidecar_round_trips_every_block(tmp_path, rng):
+    grid = dg.Grid.from_bounds(0, 20, (24, 20, 16))
+    gaussians = prepare_gaussians(rng.uniform(-2, 22, size=(300, 3)), rng.uniform(0.3, 1.0, 300),
+                                  weights=rng.normal(size=300))  # fmt: skip
+    chunks = ((8, 8, 8), (7, 7, 6), (16,))
+    binning = bin_gaussians(gaussians, grid, chunks)
+    job = {"name": "daskgauss", "grid": grid.to_dict(), "block_shape": [8, 7, 16],
+           "dtype": "float64", "unit": None, "compression": "lz4"}  # fmt: skip
+    target, resumed = create_target(tmp_path / "s.zarr", job=job, token="t1", overwrite=False)
+    assert not resumed
+    assert not target.sources_complete()
+    target.write_sources(binning)
+    assert target.sources_complete()
+    for index in np.ndindex(*binning.numblocks):
+        expected = binning.block_sources(index)
+        stored = target.read_sources(index)
+        for field in ("positions", "sigma", "amplitude", "index_low", "index_high"):
+            np.testing.assert_array_equal(getattr(stored, field), getattr(expected, field))
+
+
+def test_done_record_and_block_writes(tmp_path):
+    grid = dg.Grid(shape=(10, 9, 8))
+    job = {"name": "daskgauss", "grid": grid.to_dict(), "block_shape": [4, 4, 4],
+           "dtype": "float32", "unit": None, "compression": "none"}  # fmt: skip
+    target, _ = create_target(tmp_path / "d.zarr", job=job, token="t", overwrite=False)
+    assert target.numblocks == (3, 3, 2)
+    assert not target.done_mask().any()
+    target.write_block((2, 2, 1), np.full((2, 1, 4), 7.0, dtype=np.float32))
+    target.mark_done(np.array([[0, 0, 0], [1, 2, 0]]))
+    done = target.done_mask()
+    assert sorted(map(tuple, np.argwhere(done))) == [(0, 0, 0), (1, 2, 0), (2, 2, 1)]
+    volume = target.data[...]
+    assert np.all(volume[8:, 8:, 4:] == 7.0)
+    assert volume.sum() == 7.0 * 8
+    assert target.block_slices((2, 2, 1)) == (slice(8, 10), slice(8, 9), slice(4, 8))
+
+
+def test_check_target_decides_without_writing(tmp_path):
+    job = {"name": "daskgauss", "grid": dg.Grid(shape=4).to_dict(), "block_shape": [4, 4, 4],
+           "dtype": "float32", "unit": None, "compression": "none"}  # fmt: skip
+    location = tmp_path / "c.zarr"
+    assert check_target(location, job=job, overwrite=False) is False
+    assert not location.exists()
+    create_target(location, job=job, token="t", overwrite=False)
+    assert check_target(location, job=job, overwrite=False) is True
+    with pytest.raises(StoreMismatchError, match="dtype: store has 'float32', job has 'float64'"):
+        check_target(location, job=job | {"dtype": "float64"}, overwrite=False)
+    assert check_target(location, job=job | {"dtype": "float64"}, overwrite=True) is False
+    with pytest.raises(ValueError, match="unit must be an OME-NGFF space unit"):
+        check_target(location, job=job | {"unit": "furlong"}, overwrite=False)
+
+
+def test_locations(tmp_path):
+    assert normalise_location((tmp_path / "a.zarr").as_uri()) == str(tmp_path / "a.zarr")
+    assert normalise_location("s3://bucket/a.zarr") == "s3://bucket/a.zarr"
+    assert not location_exists(tmp_path / "nothing")
+    (tmp_path / "empty").mkdir()
+    assert not location_exists(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    assert location_exists(tmp_path / "file")
+    with pytest.raises(FileNotFoundError, match="no store at"):
+        open_target(tmp_path / "nothing")
