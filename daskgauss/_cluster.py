@@ -8,10 +8,9 @@ from collections.abc import Iterator
 
 import distributed
 
-__all__ = ["ClusterError", "connect", "default_local_size"]
+from . import _config
 
-# How long to wait for a scheduler before giving up with a clear error.
-CONNECT_TIMEOUT = "15s"
+__all__ = ["ClusterError", "active_client", "connect", "default_local_size"]
 
 
 class ClusterError(RuntimeError):
@@ -33,6 +32,14 @@ def default_local_size() -> tuple[int, int]:
     return workers, max(1, cores // workers)
 
 
+def active_client() -> distributed.Client | None:
+    """The distributed client dask would use now, or None (local schedulers)."""
+    try:
+        return distributed.default_client()
+    except ValueError:
+        return None
+
+
 @contextlib.contextmanager
 def connect(
     *,
@@ -40,7 +47,7 @@ def connect(
     scheduler_file: str | None = None,
     workers: int | None = None,
     threads_per_worker: int | None = None,
-    timeout: str = CONNECT_TIMEOUT,
+    timeout: str | None = None,
 ) -> Iterator[distributed.Client]:
     """A client for an existing scheduler, or for a LocalCluster started here.
 
@@ -53,8 +60,8 @@ def connect(
     workers, threads_per_worker : int, optional
         Size of the LocalCluster when neither of the above is given; default
         :func:`default_local_size`. Its workers preload ``daskgauss.preload``.
-    timeout : str
-        How long to wait for the scheduler.
+    timeout : str, optional
+        How long to wait for the scheduler; default ``daskgauss.connect-timeout``.
 
     Raises
     ------
@@ -64,6 +71,7 @@ def connect(
     """
     if scheduler and scheduler_file:
         raise ClusterError("give --scheduler or --scheduler-file, not both")
+    timeout = timeout or str(_config.get("connect-timeout"))
     if scheduler or scheduler_file:
         where = scheduler or f"the scheduler in {scheduler_file}"
         try:

@@ -13,6 +13,7 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _config
 from ._binning import Binning, Chunks, bin_gaussians
 from ._block import render_block
+from ._cluster import active_client
 from ._gaussians import Gaussians, prepare_gaussians
 from ._grid import Grid
 
@@ -238,8 +239,14 @@ def gaussian_sum(
         dtype=dtype,
     )
     # One graph key holds the binning; every block task depends on it, so the
-    # centres are in the graph (and on each worker) once, not once per block.
-    shared = dask.delayed(job.binning, name=f"daskgauss-binning-{job.token}", traverse=False)
+    # centres are in the graph (and on each worker) once, not once per block. On a
+    # distributed cluster they are scattered to one worker now (workers fetch them
+    # from there when first needed) rather than shipped inside the graph.
+    client = active_client()
+    if client is not None:
+        shared = client.scatter(job.binning, hash=False)
+    else:
+        shared = dask.delayed(job.binning, name=f"daskgauss-binning-{job.token}", traverse=False)
     return da.map_blocks(
         _render_task,
         shared,

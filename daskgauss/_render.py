@@ -15,6 +15,7 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config
 from ._block import render_block
+from ._cluster import active_client
 from ._grid import Grid
 from ._lazy import Plan, plan
 from ._store import Target, check_target, compressors_for, create_target, open_target_for_job
@@ -131,20 +132,9 @@ def _require_regular(chunks: tuple[tuple[int, ...], ...]) -> None:
             )
 
 
-def _active_client() -> Any | None:
-    try:
-        from distributed import default_client
-    except ImportError:  # pragma: no cover - distributed is a dependency
-        return None
-    try:
-        return default_client()
-    except ValueError:
-        return None
-
-
 def _execute(tasks: list[Any], progress: bool) -> list[int]:
     """Run the tasks on the active distributed client, or dask's local threads."""
-    client = _active_client()
+    client = active_client()
     if client is not None:
         from distributed import progress as distributed_progress
 
