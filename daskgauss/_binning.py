@@ -128,8 +128,9 @@ def _check_fits_period(radius: np.ndarray, grid: Grid) -> None:
         first = int(np.argmax(too_wide))
         raise ValueError(
             "periodic=True needs every support box (2 sigma sqrt(2 ln(1/tol)) wide) to fit in "
-            f"the periodic box {tuple(period)}; centre {first} has support width "
-            f"{tuple(2 * radius[first])}. Use a larger grid, a smaller sigma or a larger tol."
+            f"the periodic box {tuple(float(v) for v in period)}; centre {first} has support "
+            f"width {tuple(round(float(v), 6) for v in 2 * radius[first])}. Use a larger grid, "
+            "a smaller sigma or a larger tol."
         )
 
 
@@ -196,8 +197,9 @@ def bin_gaussians(
     origin = np.array(grid.origin)
     spacing = np.array(grid.spacing)
     last_sample = np.array(grid.shape) - 1
-    index_low = np.ceil((positions - radius - origin) / spacing)
-    index_high = np.floor((positions + radius - origin) / spacing)
+    with np.errstate(over="ignore"):  # centres near the float limits clip below
+        index_low = np.ceil((positions - radius - origin) / spacing)
+        index_high = np.floor((positions + radius - origin) / spacing)
     # Clip in float first: a centre far outside the grid must not overflow int64.
     index_low = np.clip(index_low, 0, last_sample + 1).astype(np.int64)
     index_high = np.clip(index_high, -1, last_sample).astype(np.int64)

@@ -72,10 +72,15 @@ class Gaussians:
 
 
 def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
+    if value is None:
+        raise ValueError(f"{name} must be numeric, got None")
     try:
-        array = np.asarray(value, dtype=np.float64)
+        raw = np.asarray(value)
+        if np.iscomplexobj(raw):
+            raise TypeError
+        array = raw.astype(np.float64)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be numeric, got {type(value).__name__}") from None
+        raise ValueError(f"{name} must be real numbers, got {type(value).__name__}") from None
     if not np.all(np.isfinite(array)):
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ValueError(
@@ -87,7 +92,7 @@ def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
 
 def _centres(centres: ArrayLike) -> np.ndarray:
     array = _finite_float_array(centres, "centres")
-    if array.size == 0 and array.ndim in (1, 2):
+    if array.shape in ((0,), (0, 3)):
         return np.empty((0, 3))
     if array.ndim != 2 or array.shape[1] != 3:
         raise ValueError(
@@ -182,7 +187,8 @@ def prepare_gaussians(
     sigmas = _sigma(sigma, count)
     amplitude = _weights(weights, count)
     if normalize == "density":
-        amplitude = amplitude * (2.0 * math.pi) ** -1.5 / np.prod(sigmas, axis=1)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            amplitude = amplitude * (2.0 * math.pi) ** -1.5 / np.prod(sigmas, axis=1)
         if not np.all(np.isfinite(amplitude)):
             raise ValueError(
                 'normalize="density" overflows for these sigmas: scale the coordinates so that '

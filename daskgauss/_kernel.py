@@ -33,6 +33,8 @@ import math
 import numba
 import numpy as np
 
+from ._vector_rows import add_rows
+
 __all__ = ["DEFAULT_TILE", "add_gaussians_to_block"]
 
 # Width of the x/y cache tile, in samples. 16 x 16 rows of a 256-long float32
@@ -53,19 +55,33 @@ def _add_box(
     exponent_y: np.ndarray,
     factor_z: np.ndarray,
     log_inverse_tol: float,
+    weights: np.ndarray,
 ) -> int:
-    """Add one Gaussian's box ``block[i0:, j0:, k0:]`` row by row; return the updates."""
+    """Add one Gaussian's box ``block[i0:, j0:, k0:]``; return the number of updates.
+
+    For each x plane the kept rows (x-y exponent within the cut) are a contiguous
+    run of y, since the y exponent is convex: they go to :func:`add_rows` at once.
+    ``weights`` is scratch space of at least ``len(factor_y)`` elements.
+    """
+    size_y = block.shape[1]
+    size_z = block.shape[2]
     length = factor_z.shape[0]
+    count_y = factor_y.shape[0]
     updates = 0
     for i in range(factor_x.shape[0]):
-        for j in range(factor_y.shape[0]):
-            if exponent_x[i] + exponent_y[j] > log_inverse_tol:
-                continue
-            weight = block.dtype.type(factor_x[i] * factor_y[j])
-            row = block[i0 + i, j0 + j, k0 : k0 + length]
-            for k in range(length):
-                row[k] += weight * factor_z[k]
-            updates += length
+        first = 0
+        while first < count_y and exponent_x[i] + exponent_y[first] > log_inverse_tol:
+            first += 1
+        last = count_y - 1
+        while last >= first and exponent_x[i] + exponent_y[last] > log_inverse_tol:
+            last -= 1
+        if first > last:
+            continue
+        for j in range(first, last + 1):
+            weights[j - first] = factor_x[i] * factor_y[j]
+        offset = ((i0 + i) * size_y + j0 + first) * size_z + k0
+        add_rows(block, offset, size_z, weights[: last - first + 1], factor_z)
+        updates += (last - first + 1) * length
     return updates
 
 
@@ -171,6 +187,7 @@ def add_gaussians_to_block(
                 members[fill[tx * tiles_y + ty]] = c
                 fill[tx * tiles_y + ty] += 1
 
+    weights = np.empty(tile, block.dtype)
     updates = 0
     for tx in range(tiles_x):
         for ty in range(tiles_y):
@@ -194,5 +211,6 @@ def add_gaussians_to_block(
                     exponent_y[y : y + j1 - j0 + 1],
                     factor_z[offset[c, 2] : offset[c + 1, 2]],
                     log_inverse_tol,
+                    weights,
                 )
     return updates

@@ -77,7 +77,9 @@ def test_ome_zarr_reader_places_the_image(rendered):
     (transforms,) = node.metadata["coordinateTransformations"]
     assert transforms[0]["scale"] == list(grid.spacing)
     assert transforms[1]["translation"] == list(grid.origin)
-    np.testing.assert_array_equal(np.asarray(node.data[0]), zarr.open_array(str(store), path="0")[...])
+    np.testing.assert_array_equal(
+        np.asarray(node.data[0]), zarr.open_array(str(store), path="0")[...]
+    )
 
 
 def test_ngff_05_schema_validates(rendered):
