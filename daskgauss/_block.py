@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import dask.utils
 import numpy as np
 from numpy.typing import DTypeLike
 
@@ -65,6 +66,15 @@ def render_block(
             sources.index_low,
             sources.index_high,
             math.log(1.0 / tol),
-            int(_config.get("kernel-tile")),
+            cache_tile(block_shape[2], out.dtype.itemsize),
         )
     return out
+
+
+def cache_tile(length_z: int, itemsize: int) -> int:
+    """x/y tile width: the largest power of two (4 to 64) whose column fits the budget."""
+    budget = dask.utils.parse_bytes(_config.get("kernel-tile-bytes"))
+    tile = 4
+    while tile < 64 and (2 * tile) ** 2 * length_z * itemsize <= budget:
+        tile *= 2
+    return tile

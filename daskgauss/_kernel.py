@@ -35,12 +35,8 @@ import numpy as np
 
 from ._vector_rows import add_rows
 
-__all__ = ["DEFAULT_TILE", "add_gaussians_to_block"]
+__all__ = ["add_gaussians_to_block"]
 
-# Width of the x/y cache tile, in samples. 16 x 16 rows of a 256-long float32
-# column are 256 KiB, comfortably inside a 1-2 MiB L2; measured no slower than
-# 8 x 32 or 32 x 32, and clearly faster than no tiling.
-DEFAULT_TILE = 16
 
 
 @numba.njit(nogil=True, cache=True)
