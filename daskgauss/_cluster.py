@@ -20,16 +20,17 @@ class ClusterError(RuntimeError):
 def default_local_size() -> tuple[int, int]:
     """(workers, threads per worker) for a LocalCluster on this machine.
 
-    One worker process per four cores (at least one), the cores split among
-    them: threads share the numba kernel and zarr codecs, which release the GIL,
-    so fewer, wider processes save the ~200 MB each process costs without losing
-    speed; several processes on big machines keep any one scheduler thread off
-    the critical path.
+    One worker process per four cores (at least one), with two threads per core
+    between them. Threads share the numba kernel and the zarr codecs, which release
+    the GIL, so fewer, wider processes save the ~200 MB each process costs. Twice
+    as many threads as cores because a block's write spends part of its time
+    blocked in the filesystem: with 2 threads on 2 cores a 1024^3 render took
+    12.7 s, with 4 threads 10.0 s. Memory is about three blocks per thread.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = max(1, cores or 1)
     workers = max(1, cores // 4)
-    return workers, max(1, cores // workers)
+    return workers, max(1, 2 * cores // workers)
 
 
 def active_client() -> distributed.Client | None:
