@@ -217,52 +217,49 @@ class Target:
     def write_sources(self, binning: Binning) -> None:
         """Store the binned sources so that each block task reads only its own rows.
 
-        ``offsets`` (blocks + 1) delimit each block's rows of ``values``
-        (x, y, z, sigma x, y, z, amplitude; float64) and ``index`` (inclusive sample
-        ranges low x, y, z, high x, y, z; int64). ``complete`` is set last.
+        ``offsets`` (blocks + 1) delimit each block's rows of ``table``, float64
+        columns x, y, z, sigma x, y, z, amplitude, then the inclusive sample index
+        ranges low x, y, z, high x, y, z (integers, exact in float64). One table
+        means one read per task. ``complete`` is set last.
         """
-        rows = max(int(binning.amplitude.shape[0]), 1)
-        chunk_rows = min(SOURCE_ROWS_PER_CHUNK, rows)
+        table = np.concatenate(
+            [binning.positions, binning.sigma, binning.amplitude[:, None],
+             binning.index_low, binning.index_high], axis=1,
+        )  # fmt: skip
         sources = self.group.create_group(SOURCES_PATH, overwrite=True)
         offsets = sources.create_array(
             "offsets", shape=binning.block_offsets.shape, dtype="int64",
-            chunks=(min(SOURCE_ROWS_PER_CHUNK, binning.block_offsets.shape[0]),),
+            chunks=binning.block_offsets.shape,
         )  # fmt: skip
         offsets[...] = binning.block_offsets
-        values = np.concatenate(
-            [binning.positions, binning.sigma, binning.amplitude[:, None]], axis=1
-        )
-        index = np.concatenate([binning.index_low, binning.index_high], axis=1)
-        for name, array, dtype in (("values", values, "float64"), ("index", index, "int64")):
-            stored = sources.create_array(
-                name, shape=array.shape, dtype=dtype, chunks=(chunk_rows, array.shape[1]),
-                compressors=compressors_for("lz4"),
-            )  # fmt: skip
-            if array.size:
-                stored[...] = array
+        stored = sources.create_array(
+            "table", shape=table.shape, dtype="float64",
+            chunks=(min(SOURCE_ROWS_PER_CHUNK, max(table.shape[0], 1)), table.shape[1]),
+            compressors=compressors_for("lz4"),
+        )  # fmt: skip
+        if table.size:
+            stored[...] = table
         sources.attrs["complete"] = True
 
     def read_sources(self, block_index: Sequence[int]) -> BlockSources:
         """The sources of one block, read from the sidecar."""
-        sources = _open_sources(self.location, self.group.attrs["daskgauss"]["token"])
+        offsets, table = _open_sources(self.location, self.group.attrs["daskgauss"]["token"])
         flat = int(np.ravel_multi_index(tuple(block_index), self.numblocks))
-        start, stop = (int(v) for v in sources["offsets"][flat : flat + 2])
-        values = np.asarray(sources["values"][start:stop])
-        index = np.asarray(sources["index"][start:stop])
+        rows = np.asarray(table[int(offsets[flat]) : int(offsets[flat + 1])])
         return BlockSources(
-            positions=np.ascontiguousarray(values[:, 0:3]),
-            sigma=np.ascontiguousarray(values[:, 3:6]),
-            amplitude=np.ascontiguousarray(values[:, 6]),
-            index_low=np.ascontiguousarray(index[:, 0:3]),
-            index_high=np.ascontiguousarray(index[:, 3:6]),
+            positions=np.ascontiguousarray(rows[:, 0:3]),
+            sigma=np.ascontiguousarray(rows[:, 3:6]),
+            amplitude=np.ascontiguousarray(rows[:, 6]),
+            index_low=rows[:, 7:10].astype(np.int64),
+            index_high=rows[:, 10:13].astype(np.int64),
         )
 
 
 @functools.lru_cache(maxsize=16)
-def _open_sources(location: str, token: str) -> dict[str, zarr.Array]:
-    """The sidecar arrays, opened once per process and job (the token keys the job)."""
+def _open_sources(location: str, token: str) -> tuple[np.ndarray, zarr.Array]:
+    """The block offsets (read once) and the sidecar table, per process and job."""
     group = zarr.open_group(location, mode="r", path=SOURCES_PATH)
-    return {name: group[name] for name in ("offsets", "values", "index")}
+    return np.asarray(group["offsets"][...]), group["table"]
 
 
 def _target_from_group(location: str, group: zarr.Group) -> Target:
