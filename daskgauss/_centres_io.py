@@ -97,7 +97,12 @@ def _columns(header: list[str], path: pathlib.Path, line_number: int) -> dict[st
 
 
 def _read_text(path: pathlib.Path) -> CentresFile:
-    lines = path.read_text().splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise CentresFileError(
+            f"{path}: not a text file (byte {error.start} is not UTF-8); use .npy for binary arrays"
+        ) from None
     numbered = [(number, _fields(line)) for number, line in enumerate(lines, start=1)]
     numbered = [(number, fields) for number, fields in numbered if fields]
     if not numbered:
@@ -171,6 +176,8 @@ def read_centres(path: str | pathlib.Path) -> CentresFile:
         message names the file and, for text files, the line.
     """
     path = pathlib.Path(path)
+    if path.is_dir():
+        raise CentresFileError(f"{path}: is a directory, not a centres file")
     if not path.is_file():
         raise CentresFileError(f"{path}: no such file")
     suffix = path.suffix.lower()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 
+import dask.utils
 import distributed
 
 from . import _config
@@ -31,6 +33,15 @@ def default_local_size() -> tuple[int, int]:
     cores = max(1, cores or 1)
     workers = max(1, cores // 4)
     return workers, max(1, 2 * cores // workers)
+
+
+def _wait_for_file(path: str, timeout: str) -> None:
+    """Wait for a scheduler file (the scheduler may be starting), up to ``timeout``."""
+    deadline = time.monotonic() + dask.utils.parse_timedelta(timeout)
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise ClusterError(f"no scheduler file at {path} after {timeout}")
+        time.sleep(0.1)
 
 
 def active_client() -> distributed.Client | None:
@@ -75,6 +86,8 @@ def connect(
     timeout = timeout or str(_config.get("connect-timeout"))
     if scheduler or scheduler_file:
         where = scheduler or f"the scheduler in {scheduler_file}"
+        if scheduler_file:
+            _wait_for_file(scheduler_file, timeout)
         try:
             client = distributed.Client(
                 address=scheduler, scheduler_file=scheduler_file, timeout=timeout

@@ -13,7 +13,29 @@ import numpy as np
 
 from ._store import Target, open_target
 
-__all__ = ["export_mrc", "preview_png", "store_summary"]
+__all__ = ["angstroms_per_unit", "export_mrc", "preview_png", "store_summary"]
+
+_METRE_PREFIXES = {
+    "yocto": 1e-24, "zepto": 1e-21, "atto": 1e-18, "femto": 1e-15, "pico": 1e-12,
+    "nano": 1e-9, "micro": 1e-6, "milli": 1e-3, "centi": 1e-2, "deci": 1e-1, "": 1.0,
+    "hecto": 1e2, "kilo": 1e3, "mega": 1e6, "giga": 1e9, "tera": 1e12, "peta": 1e15,
+    "exa": 1e18, "zetta": 1e21, "yotta": 1e24,
+}  # fmt: skip
+_OTHER_UNITS_IN_METRES = {
+    "foot": 0.3048, "inch": 0.0254, "yard": 0.9144, "mile": 1609.344,
+    "parsec": 3.0856775814913673e16,
+}  # fmt: skip
+
+
+def angstroms_per_unit(unit: str | None) -> float:
+    """How many angstroms one coordinate unit is; None (no unit recorded) means angstrom."""
+    if unit is None or unit == "angstrom":
+        return 1.0
+    if unit in _OTHER_UNITS_IN_METRES:
+        return _OTHER_UNITS_IN_METRES[unit] * 1e10
+    if unit.endswith("meter") and unit[: -len("meter")] in _METRE_PREFIXES:
+        return _METRE_PREFIXES[unit[: -len("meter")]] * 1e10
+    raise ValueError(f"unknown length unit {unit!r}")
 
 
 def store_summary(location: str) -> dict[str, Any]:
@@ -49,8 +71,10 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
     """Write the volume as an MRC 2014 file (mode 2, float32), block by block.
 
     MRC stores sections along z, rows along y and columns along x, so the file's
-    array is the transpose of ours; the voxel size is the grid spacing and the
-    header origin is the coordinate of sample (0, 0, 0), as ChimeraX reads it.
+    array is the transpose of ours. MRC measures lengths in angstroms: the voxel
+    size is the grid spacing and the header origin the coordinate of sample
+    (0, 0, 0), as ChimeraX reads it, both converted from the store's unit (a store
+    without a unit is taken to be in angstroms).
 
     Raises
     ------
@@ -66,9 +90,12 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
     target = open_target(location)
     output = pathlib.Path(output)
     if output.exists() and not overwrite:
-        raise FileExistsError(f"{output} exists; choose another name or pass --overwrite")
+        raise FileExistsError(
+            f"{output} exists; choose another name or pass overwrite=True (--overwrite)"
+        )
     nx, ny, nz = target.data.shape
     grid = target.grid
+    scale = angstroms_per_unit(target.job["unit"])
     minimum, maximum, total, squares = np.inf, -np.inf, 0.0, 0.0
     with mrcfile.new_mmap(str(output), shape=(nz, ny, nx), mrc_mode=2, overwrite=True) as mrc:
         for index in _block_indices(target):
@@ -81,8 +108,9 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
             squares += float(np.square(block, dtype=np.float64).sum())
         count = nx * ny * nz
         mean = total / count
-        mrc.voxel_size = tuple(grid.spacing)
-        mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = grid.origin
+        mrc.voxel_size = tuple(h * scale for h in grid.spacing)
+        origin = tuple(o * scale for o in grid.origin)
+        mrc.header.origin.x, mrc.header.origin.y, mrc.header.origin.z = origin
         mrc.header.dmin, mrc.header.dmax, mrc.header.dmean = minimum, maximum, mean
         mrc.header.rms = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
 

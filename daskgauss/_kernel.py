@@ -38,7 +38,6 @@ from ._vector_rows import add_rows
 __all__ = ["add_gaussians_to_block"]
 
 
-
 @numba.njit(nogil=True, cache=True)
 def _add_box(
     block: np.ndarray,

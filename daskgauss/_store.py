@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import math
+import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,6 +91,17 @@ def normalise_location(location: str | Any) -> str:
     if text.startswith("file://"):
         return str(fsspec.core.url_to_fs(text)[1])
     return text
+
+
+def _check_creatable(location: str) -> None:
+    """Refuse a local store path whose parent is a file (nothing could be created)."""
+    if "://" in location:
+        return
+    parent = pathlib.Path(location).absolute().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise NotADirectoryError(f"cannot create a store at {location}: {parent} is a file")
 
 
 def location_exists(location: str) -> bool:
@@ -296,7 +308,7 @@ def _open_job_group(location: str) -> zarr.Group:
     """The group of an existing daskgauss store, or StoreMismatchError."""
     try:
         group = zarr.open_group(location, mode="r+")
-    except (FileNotFoundError, ValueError, TypeError, KeyError) as error:
+    except (OSError, ValueError, TypeError, KeyError) as error:
         raise StoreMismatchError(
             f"{location} exists but is not a daskgauss store ({type(error).__name__}: {error})"
         ) from None
@@ -322,6 +334,7 @@ def check_target(location: str, *, job: dict[str, Any], overwrite: bool) -> bool
             f"unit must be an OME-NGFF space unit such as 'angstrom' or 'nanometer'; got {unit!r}"
         )
     location = normalise_location(location)
+    _check_creatable(location)
     if overwrite or not location_exists(location):
         return False
     try:

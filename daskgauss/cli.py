@@ -34,6 +34,7 @@ _USER_ERRORS = (
     ClusterError,
     FileNotFoundError,
     FileExistsError,
+    NotADirectoryError,
     ImportError,
 )
 
@@ -79,18 +80,37 @@ def _per_axis(kind: Callable[[str], Any]) -> Callable[[click.Context, click.Para
             raise click.BadParameter(f"give one value or three (x y z), got {value!r}")
         try:
             numbers = [kind(part) for part in parts]
-        except ValueError:
-            raise click.BadParameter(f"not a number: {value!r}") from None
+        except ValueError as error:
+            raise click.BadParameter(f"{error}: {value!r}") from None
         return numbers[0] if len(numbers) == 1 else tuple(numbers)
 
     return parse
 
 
+def _number(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError("not a number") from None
+
+
 def _positive_int(text: str) -> int:
-    number = int(text)
+    try:
+        number = int(text)
+    except ValueError:
+        raise ValueError("must be a positive integer") from None
     if number < 1:
-        raise ValueError(text)
+        raise ValueError("must be a positive integer")
     return number
+
+
+def _rate(voxels: float, seconds: float) -> str:
+    """Voxels per second with a prefix that keeps small jobs from reading as zero."""
+    rate = voxels / max(seconds, 1e-9)
+    for factor, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if rate >= factor:
+            return f"{rate / factor:.3g} {prefix}voxel/s"
+    return f"{rate:.3g} voxel/s"
 
 
 class _Commands(click.Group):
@@ -121,31 +141,31 @@ def cli() -> None:
 )
 @click.option(
     "--lower",
-    callback=_per_axis(float),
+    callback=_per_axis(_number),
     metavar="X [Y Z]",
     help="First sample's coordinates (with --upper: linspace bounds, both ends sampled).",
 )
 @click.option(
     "--upper",
-    callback=_per_axis(float),
+    callback=_per_axis(_number),
     metavar="X [Y Z]",
     help="Last sample's coordinates (with --lower).",
 )
 @click.option(
     "--origin",
-    callback=_per_axis(float),
+    callback=_per_axis(_number),
     metavar="X [Y Z]",
     help="First sample's coordinates (with --spacing).",
 )
 @click.option(
     "--spacing",
-    callback=_per_axis(float),
+    callback=_per_axis(_number),
     metavar="D [D D]",
     help="Distance between samples (with --origin).",
 )
 @click.option(
     "--sigma",
-    callback=_per_axis(float),
+    callback=_per_axis(_number),
     metavar="S [S S]",
     help="Standard deviation for every centre (three for anisotropic); "
     "or give sigma / sx sy sz columns in CENTRES.",
@@ -284,7 +304,7 @@ def render(
     click.echo(
         f"wrote {store}: shape {grid.shape} {dtype}, {report.blocks} blocks "
         f"({report.rendered} rendered, {report.empty} empty, {report.already_done} already done) "
-        f"in {seconds:.1f} s, {voxels / seconds / 1e6:.0f} Mvoxel/s"
+        f"in {seconds:.1f} s, {_rate(voxels, seconds)}"
     )
 
 
@@ -372,7 +392,7 @@ def export(store: str, output: str, overwrite: bool) -> None:
 
 @cli.command("demo-centres")
 @click.argument("output", type=click.Path(dir_okay=False))
-@click.option("--count", type=click.IntRange(min=0), default=10000, show_default=True)
+@click.option("--count", type=click.IntRange(min=1), default=10000, show_default=True)
 @click.option(
     "--box",
     type=click.FloatRange(min=0, min_open=True),
