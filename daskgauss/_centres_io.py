@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["CentresFile", "CentresFileError", "read_centres"]
+__all__ = ["CentresFile", "CentresFileError", "is_number", "read_centres"]
 
 TEXT_SUFFIXES = (".csv", ".txt", ".xyz")
 _SPLIT = re.compile(r"[,\s]+")
@@ -51,7 +51,8 @@ def _fields(line: str) -> list[str]:
     return [field for field in _SPLIT.split(line.split("#", 1)[0].strip()) if field]
 
 
-def _is_number(field: str) -> bool:
+def is_number(field: str) -> bool:
+    """Whether a text field reads as a number (negative and exponent forms included)."""
     try:
         float(field)
     except ValueError:
@@ -121,7 +122,7 @@ def _read_text(path: pathlib.Path) -> CentresFile:
                 f"found {len(body)} atom lines"
             )
         width = 4
-    elif all(_is_number(field) for field in first):
+    elif all(is_number(field) for field in first):
         if len(first) != 3:
             raise CentresFileError(
                 f"{path}, line {first_number}: without a header a line must have 3 values "

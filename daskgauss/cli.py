@@ -12,7 +12,7 @@ from typing import Any
 import click
 import numpy as np
 
-from ._centres_io import CentresFileError, read_centres
+from ._centres_io import CentresFileError, is_number, read_centres
 from ._cluster import ClusterError, connect
 from ._export import export_mrc, preview_png, store_summary
 from ._grid import Grid
@@ -39,14 +39,6 @@ _USER_ERRORS = (
 )
 
 
-def _is_number(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
-
-
 def join_per_axis_values(arguments: Sequence[str]) -> list[str]:
     """Turn ``--shape 256 256 128`` into ``--shape 256,256,128`` for click.
 
@@ -61,7 +53,7 @@ def join_per_axis_values(arguments: Sequence[str]) -> list[str]:
         position += 1
         if token in _PER_AXIS_OPTIONS:
             values = []
-            while position < len(arguments) and len(values) < 3 and _is_number(arguments[position]):
+            while position < len(arguments) and len(values) < 3 and is_number(arguments[position]):
                 values.append(arguments[position])
                 position += 1
             if values:
