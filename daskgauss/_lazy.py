@@ -234,7 +234,9 @@ def gaussian_sum(
     Each block is computed only from the Gaussians whose support box intersects
     it, found by a binning done once when this function is called; the binned
     Gaussians enter the task graph once (one task every block depends on), never
-    once per block.
+    once per block. When a ``distributed.Client`` is active they are scattered to
+    the cluster at this call instead (workers fetch them once each), so no large
+    graph is sent.
 
     The classic formulation, ``linspace(-L/2, L/2, n)`` on every axis and
     ``sum_i (2 pi sigma^2)^(-1/2) exp(-|x - c_i|^2 / (2 sigma^2))``, is
