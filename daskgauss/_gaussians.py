@@ -7,6 +7,7 @@ argument and what it accepts.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -62,13 +63,20 @@ class Gaussians:
         """Half-width of each support box along each axis, shape (M, 3) (coordinate units)."""
         return self.sigma * support_half_width(self.tol)
 
-    def fingerprint(self) -> str:
-        """A SHA-256 of positions, sigmas, amplitudes and tolerance: equal inputs, equal hash."""
+    @functools.cached_property
+    def _digest(self) -> str:
         digest = hashlib.sha256()
         for array in (self.positions, self.sigma, self.amplitude):
             digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
         digest.update(repr(self.tol).encode())
         return digest.hexdigest()
+
+    def fingerprint(self) -> str:
+        """A SHA-256 of positions, sigmas, amplitudes and tolerance: equal inputs, equal hash.
+
+        Computed once per object (the job token and the store's record both use it).
+        """
+        return self._digest
 
 
 def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
