@@ -430,3 +430,13 @@ def test_default_chunks_are_large_and_regular():
     with dask.config.set({"daskgauss.block-bytes": "8 MiB"}):
         smaller = dg.gaussian_sum(np.zeros((1, 3)), 1.0, grid)
     assert np.prod(smaller.chunksize) * 4 <= 8 * 2**20
+
+
+@pytest.mark.parametrize("module", ["daskgauss._lazy", "daskgauss._grid"])
+def test_docstring_examples_run(module):
+    import doctest
+    import importlib
+
+    failures, tried = doctest.testmod(importlib.import_module(module))
+    assert tried > 0
+    assert failures == 0
