@@ -77,7 +77,7 @@ def _render_and_write(location: str, token: str, block_index: tuple[int, int, in
     dtype = np.dtype(job["dtype"])
     values = render_block(
         sources,
-        Grid.from_dict(job["grid"]),
+        target.grid,
         job["tol"],
         np.array([s.start for s in slices], dtype=np.int64),
         shape,  # type: ignore[arg-type]
