@@ -50,31 +50,33 @@ def render_block(
     -------
     ndarray, shape ``block_shape``
     """
-    if out is None:
-        out = np.zeros(block_shape, dtype=dtype)
-    else:
+    if not sources.count:
+        if out is None:
+            return np.zeros(block_shape, dtype=dtype)
         out.fill(0)
-    if sources.count:
-        add_gaussians_to_block(
-            out,
-            np.asarray(block_start, dtype=np.int64),
-            np.array(grid.origin),
-            np.array(grid.spacing),
-            sources.positions,
-            sources.sigma,
-            sources.amplitude,
-            sources.index_low,
-            sources.index_high,
-            math.log(1.0 / tol),
-            cache_tile(block_shape[2], out.dtype.itemsize),
-        )
+        return out
+    if out is None:
+        out = np.empty(block_shape, dtype=dtype)
+    # overwrite: the kernel clears each strip while it is in cache, not the
+    # whole block beforehand (one pass over memory instead of two).
+    add_gaussians_to_block(
+        out,
+        np.asarray(block_start, dtype=np.int64),
+        np.array(grid.origin),
+        np.array(grid.spacing),
+        sources.positions,
+        sources.sigma,
+        sources.amplitude,
+        sources.index_low,
+        sources.index_high,
+        math.log(1.0 / tol),
+        strip_rows(block_shape[2], out.dtype.itemsize),
+        True,
+    )
     return out
 
 
-def cache_tile(length_z: int, itemsize: int) -> int:
-    """x/y tile width: the largest power of two (4 to 64) whose column fits the budget."""
-    budget = dask.utils.parse_bytes(_config.get("kernel-tile-bytes"))
-    tile = 4
-    while tile < 64 and (2 * tile) ** 2 * length_z * itemsize <= budget:
-        tile *= 2
-    return tile
+def strip_rows(length_z: int, itemsize: int) -> int:
+    """Rows per kernel strip: as many (1 to 256) as fit the cache budget."""
+    budget = dask.utils.parse_bytes(_config.get("kernel-strip-bytes"))
+    return max(1, min(256, budget // (length_z * itemsize)))

@@ -8,22 +8,27 @@ It is serial and releases the GIL: dask runs one block per thread or process.
 Why it is fast
 --------------
 * Separable: inside a Gaussian's support box the value is ``fx[i] fy[j] fz[k]``.
-  The 1D factors are computed once per Gaussian and block, and the innermost loop
-  is one contiguous row, ``block[i, j, k0:k1] += a * fz[k0:k1]``, written over a
-  slice view from index 0 so that LLVM vectorises it.
+  The 1D factors are computed once per Gaussian and block; the innermost
+  operation adds ``(fx[i] fy[j]) * fz[k0:k1]`` to a run of rows ``j`` of plane
+  ``i`` (:func:`add_outer_rows`, 64-byte vectors with a masked tail).
 * Rows whose ``fx fy`` factor is already below the cut are skipped: that turns
   the box into a cylinder-like support and saves about a fifth of the work. The
   dropped values are below ``tol`` times the peak, so the error bound holds.
-* Cache tiling: the block is swept in columns of ``tile x tile x (full z)`` and
-  every Gaussian that reaches a column is added while the column sits in cache.
+* Strips in L1: the block is swept one strip at a time, ``strip`` rows of one x
+  plane (a few tens of KiB), and every Gaussian reaching the strip is added while
+  it sits in the core's first-level cache; each voxel is loaded from memory once.
+  The Gaussians reaching each strip come from a list made once per slab of
+  ``SLAB`` planes, whose entries carry everything the strip loop reads.
+* With ``overwrite`` each strip is zeroed just before it is filled, instead of
+  the caller clearing the whole block first: one pass over memory instead of two.
 
 Why it is deterministic
 -----------------------
 Every decision (which voxels a Gaussian covers, each 1D factor, which rows are
 skipped) is computed from global sample indices, never from the block's position,
 and each voxel receives its Gaussians in the order they are given. The result is
-therefore bit-identical whatever the chunking, the tiling, the CPU's vector width
-(no fused multiply-add contraction) or the order in which blocks are computed.
+therefore bit-identical whatever the chunking, the strip size, the CPU's vector
+width (no fused multiply-add contraction) or the order in which blocks are computed.
 """
 
 from __future__ import annotations
@@ -33,51 +38,144 @@ import math
 import numba
 import numpy as np
 
-from ._vector_rows import add_rows
+from ._vector_rows import add_outer_rows
 
 __all__ = ["add_gaussians_to_block"]
 
+# x planes per list of the Gaussians reaching a strip: a list is scanned once per
+# plane, and an entry whose x range misses the plane is skipped (about one in
+# eight at sigma / spacing = 5).
+SLAB = 8
+
+# Columns of a strip entry (one row of ``entries``).
+_X_LOW, _X_HIGH, _X_BASE, _Y_BASE, _Z_LOW, _Z_START, _Z_LENGTH = range(7)
+
 
 @numba.njit(nogil=True, cache=True)
-def _add_box(
-    block: np.ndarray,
-    i0: int,
-    j0: int,
-    k0: int,
-    factor_x: np.ndarray,
-    exponent_x: np.ndarray,
-    factor_y: np.ndarray,
-    exponent_y: np.ndarray,
-    factor_z: np.ndarray,
-    log_inverse_tol: float,
-    weights: np.ndarray,
-) -> int:
-    """Add one Gaussian's box ``block[i0:, j0:, k0:]``; return the number of updates.
+def _clip_boxes(block_shape, block_start, index_low, index_high):
+    """Support boxes clipped to the block (block-local, inclusive) and factor offsets.
 
-    For each x plane the kept rows (x-y exponent within the cut) are a contiguous
-    run of y, since the y exponent is convex: they go to :func:`add_rows` at once.
-    ``weights`` is scratch space of at least ``len(factor_y)`` elements.
+    ``offset[c, d]`` is where Gaussian ``c``'s factors along axis ``d`` start in
+    the flat factor buffers; ``offset[count, d]`` is their total length.
     """
-    size_y = block.shape[1]
-    size_z = block.shape[2]
-    length = factor_z.shape[0]
-    count_y = factor_y.shape[0]
-    updates = 0
-    for i in range(factor_x.shape[0]):
-        first = 0
-        while first < count_y and exponent_x[i] + exponent_y[first] > log_inverse_tol:
-            first += 1
-        last = count_y - 1
-        while last >= first and exponent_x[i] + exponent_y[last] > log_inverse_tol:
-            last -= 1
-        if first > last:
+    count = index_low.shape[0]
+    low = np.empty((count, 3), np.int64)
+    high = np.empty((count, 3), np.int64)
+    offset = np.zeros((count + 1, 3), np.int64)
+    for c in range(count):
+        for d in range(3):
+            low[c, d] = max(index_low[c, d] - block_start[d], 0)
+            high[c, d] = min(index_high[c, d] - block_start[d], block_shape[d] - 1)
+            offset[c + 1, d] = offset[c, d] + max(high[c, d] - low[c, d] + 1, 0)
+    return low, high, offset
+
+
+@numba.njit(nogil=True, cache=True)
+def _factors(block, block_start, origin, spacing, positions, sigma, amplitude, low, high, offset):
+    """Each Gaussian's 1D factors over its clipped box, and the x and y exponents.
+
+    ``factor_x`` carries the amplitude; ``factor_z`` is in the block's dtype.
+    """
+    count = positions.shape[0]
+    factor_x = np.empty(offset[count, 0])
+    exponent_x = np.empty(offset[count, 0])
+    factor_y = np.empty(offset[count, 1])
+    exponent_y = np.empty(offset[count, 1])
+    factor_z = np.empty(offset[count, 2], block.dtype)
+    for c in range(count):
+        for d in range(3):
+            for local in range(low[c, d], high[c, d] + 1):
+                coordinate = origin[d] + (block_start[d] + local) * spacing[d]
+                scaled = (coordinate - positions[c, d]) / sigma[c, d]
+                exponent = 0.5 * scaled * scaled
+                at = offset[c, d] + local - low[c, d]
+                if d == 0:
+                    exponent_x[at] = exponent
+                    factor_x[at] = amplitude[c] * math.exp(-exponent)
+                elif d == 1:
+                    exponent_y[at] = exponent
+                    factor_y[at] = math.exp(-exponent)
+                else:
+                    factor_z[at] = math.exp(-exponent)
+    return factor_x, exponent_x, factor_y, exponent_y, factor_z
+
+
+@numba.njit(nogil=True, cache=True)
+def _kept_rows(low, high, offset, exponent_x, exponent_y, log_inverse_tol):
+    """First and last kept y row (block-local) of each Gaussian on each x plane.
+
+    A row is kept where its x-y exponent is within the cut. The y exponent is
+    convex in y (and monotone in floating point on each side of its minimum), so
+    the kept rows are one contiguous run; ``first > last`` when there is none.
+    Runs of neighbouring planes are nested (one threshold on the same exponents),
+    so each plane starts from its neighbour's run and only moves its ends.
+    """
+    count = low.shape[0]
+    first_row = np.empty(offset[count, 0], np.int64)
+    last_row = np.empty(offset[count, 0], np.int64)
+    cut = log_inverse_tol
+    for c in range(count):
+        # Row j (block-local) of Gaussian c has exponent exponent_y[row_base + j].
+        row_base = offset[c, 1] - low[c, 1]
+        first = low[c, 1]
+        last = low[c, 1] - 1
+        for i in range(low[c, 0], high[c, 0] + 1):
+            at = offset[c, 0] + i - low[c, 0]
+            ex = exponent_x[at]
+            if first > last:  # no run to start from: scan the whole range
+                first = low[c, 1]
+                last = high[c, 1]
+            # Grow the run while the rows beyond its ends are kept ...
+            while first > low[c, 1] and ex + exponent_y[row_base + first - 1] <= cut:
+                first -= 1
+            while last < high[c, 1] and ex + exponent_y[row_base + last + 1] <= cut:
+                last += 1
+            # ... or shrink it while its ends are not.
+            while first <= last and ex + exponent_y[row_base + first] > cut:
+                first += 1
+            while last >= first and ex + exponent_y[row_base + last] > cut:
+                last -= 1
+            first_row[at] = first
+            last_row[at] = last
+    return first_row, last_row
+
+
+@numba.njit(nogil=True, cache=True)
+def _strip_entries(block_shape, low, high, offset, strip):
+    """For each (slab of SLAB planes, strip of rows), the Gaussians reaching it.
+
+    A counting sort: entries of list ``t`` are ``entries[list_start[t]:list_start[t+1]]``,
+    in the given order of the Gaussians (a stable fill), which fixes each voxel's
+    summation order.
+    """
+    count = low.shape[0]
+    strips = (block_shape[1] + strip - 1) // strip
+    slabs = (block_shape[0] + SLAB - 1) // SLAB
+    sizes = np.zeros(slabs * strips + 1, np.int64)
+    for c in range(count):
+        if low[c, 0] > high[c, 0] or low[c, 1] > high[c, 1] or low[c, 2] > high[c, 2]:
             continue
-        for j in range(first, last + 1):
-            weights[j - first] = factor_x[i] * factor_y[j]
-        offset = ((i0 + i) * size_y + j0 + first) * size_z + k0
-        add_rows(block, offset, size_z, weights[: last - first + 1], factor_z)
-        updates += (last - first + 1) * length
-    return updates
+        for slab in range(low[c, 0] // SLAB, high[c, 0] // SLAB + 1):
+            for s in range(low[c, 1] // strip, high[c, 1] // strip + 1):
+                sizes[slab * strips + s + 1] += 1
+    list_start = np.cumsum(sizes)
+    entries = np.empty((list_start[-1], 7), np.int64)
+    fill = list_start[:-1].copy()
+    for c in range(count):
+        if low[c, 0] > high[c, 0] or low[c, 1] > high[c, 1] or low[c, 2] > high[c, 2]:
+            continue
+        for slab in range(low[c, 0] // SLAB, high[c, 0] // SLAB + 1):
+            for s in range(low[c, 1] // strip, high[c, 1] // strip + 1):
+                e = fill[slab * strips + s]
+                entries[e, _X_LOW] = low[c, 0]
+                entries[e, _X_HIGH] = high[c, 0]
+                entries[e, _X_BASE] = offset[c, 0] - low[c, 0]
+                entries[e, _Y_BASE] = offset[c, 1] - low[c, 1]
+                entries[e, _Z_LOW] = low[c, 2]
+                entries[e, _Z_START] = offset[c, 2]
+                entries[e, _Z_LENGTH] = offset[c + 1, 2] - offset[c, 2]
+                fill[slab * strips + s] += 1
+    return list_start, entries
 
 
 @numba.njit(nogil=True, cache=True)
@@ -92,7 +190,8 @@ def add_gaussians_to_block(
     index_low: np.ndarray,
     index_high: np.ndarray,
     log_inverse_tol: float,
-    tile: int,
+    strip: int,
+    overwrite: bool,
 ) -> int:
     """Add truncated Gaussians into ``block`` in place.
 
@@ -116,8 +215,11 @@ def add_gaussians_to_block(
     log_inverse_tol : float
         ``ln(1 / tol)``. A row is skipped where its x-y exponent exceeds it,
         that is, where the Gaussian is below ``tol`` times its peak all along it.
-    tile : int
-        Width in samples of the x/y cache tile.
+    strip : int
+        Rows (y samples) of one x plane swept together, sized to stay in L1.
+    overwrite : bool
+        If true, ignore what ``block`` holds (render as if it were zeros); if
+        false, add to it.
 
     Returns
     -------
@@ -125,87 +227,42 @@ def add_gaussians_to_block(
         The number of voxel updates (one multiply-add of one Gaussian into one
         voxel) performed.
     """
-    size = block.shape
-    count = positions.shape[0]
+    shape = block.shape
+    low, high, offset = _clip_boxes(shape, block_start, index_low, index_high)
+    factor_x, exponent_x, factor_y, exponent_y, factor_z = _factors(
+        block, block_start, origin, spacing, positions, sigma, amplitude, low, high, offset
+    )
+    first_row, last_row = _kept_rows(low, high, offset, exponent_x, exponent_y, log_inverse_tol)
+    list_start, entries = _strip_entries(shape, low, high, offset, strip)
 
-    # Support boxes clipped to the block, in block-local indices, and the offset
-    # of each Gaussian's 1D factors in the flat factor buffers.
-    low = np.empty((count, 3), np.int64)
-    high = np.empty((count, 3), np.int64)
-    offset = np.zeros((count + 1, 3), np.int64)
-    for c in range(count):
-        for d in range(3):
-            low[c, d] = max(index_low[c, d] - block_start[d], 0)
-            high[c, d] = min(index_high[c, d] - block_start[d], size[d] - 1)
-            offset[c + 1, d] = offset[c, d] + max(high[c, d] - low[c, d] + 1, 0)
-
-    factor_x = np.empty(offset[count, 0])
-    exponent_x = np.empty(offset[count, 0])
-    factor_y = np.empty(offset[count, 1])
-    exponent_y = np.empty(offset[count, 1])
-    factor_z = np.empty(offset[count, 2], block.dtype)
-    for c in range(count):
-        for d in range(3):
-            for local in range(low[c, d], high[c, d] + 1):
-                coordinate = origin[d] + (block_start[d] + local) * spacing[d]
-                scaled = (coordinate - positions[c, d]) / sigma[c, d]
-                exponent = 0.5 * scaled * scaled
-                at = offset[c, d] + local - low[c, d]
-                if d == 0:
-                    exponent_x[at] = exponent
-                    factor_x[at] = amplitude[c] * math.exp(-exponent)
-                elif d == 1:
-                    exponent_y[at] = exponent
-                    factor_y[at] = math.exp(-exponent)
-                else:
-                    factor_z[at] = math.exp(-exponent)
-
-    # Counting sort of the Gaussians into x/y tiles; the stable fill keeps the
-    # given order inside every tile, which fixes each voxel's summation order.
-    tiles_x = (size[0] + tile - 1) // tile
-    tiles_y = (size[1] + tile - 1) // tile
-    members_per_tile = np.zeros(tiles_x * tiles_y + 1, np.int64)
-    for c in range(count):
-        if low[c, 0] > high[c, 0] or low[c, 1] > high[c, 1] or low[c, 2] > high[c, 2]:
-            continue
-        for tx in range(low[c, 0] // tile, high[c, 0] // tile + 1):
-            for ty in range(low[c, 1] // tile, high[c, 1] // tile + 1):
-                members_per_tile[tx * tiles_y + ty + 1] += 1
-    tile_start = np.cumsum(members_per_tile)
-    members = np.empty(tile_start[-1], np.int64)
-    fill = tile_start[:-1].copy()
-    for c in range(count):
-        if low[c, 0] > high[c, 0] or low[c, 1] > high[c, 1] or low[c, 2] > high[c, 2]:
-            continue
-        for tx in range(low[c, 0] // tile, high[c, 0] // tile + 1):
-            for ty in range(low[c, 1] // tile, high[c, 1] // tile + 1):
-                members[fill[tx * tiles_y + ty]] = c
-                fill[tx * tiles_y + ty] += 1
-
-    weights = np.empty(tile, block.dtype)
+    strips = (shape[1] + strip - 1) // strip
     updates = 0
-    for tx in range(tiles_x):
-        for ty in range(tiles_y):
-            t = tx * tiles_y + ty
-            for m in range(tile_start[t], tile_start[t + 1]):
-                c = members[m]
-                i0 = max(low[c, 0], tx * tile)
-                i1 = min(high[c, 0], tx * tile + tile - 1)
-                j0 = max(low[c, 1], ty * tile)
-                j1 = min(high[c, 1], ty * tile + tile - 1)
-                x = offset[c, 0] + i0 - low[c, 0]
-                y = offset[c, 1] + j0 - low[c, 1]
-                updates += _add_box(
+    for i in range(shape[0]):
+        plane_lists = (i // SLAB) * strips
+        for s in range(strips):
+            row_low = s * strip
+            row_high = min(row_low + strip, shape[1]) - 1
+            if overwrite:
+                block[i, row_low : row_high + 1, :] = 0
+            for e in range(list_start[plane_lists + s], list_start[plane_lists + s + 1]):
+                if i < entries[e, _X_LOW] or i > entries[e, _X_HIGH]:
+                    continue
+                at = entries[e, _X_BASE] + i
+                first = max(first_row[at], row_low)
+                last = min(last_row[at], row_high)
+                if first > last:
+                    continue
+                add_outer_rows(
                     block,
-                    i0,
-                    j0,
-                    low[c, 2],
-                    factor_x[x : x + i1 - i0 + 1],
-                    exponent_x[x : x + i1 - i0 + 1],
-                    factor_y[y : y + j1 - j0 + 1],
-                    exponent_y[y : y + j1 - j0 + 1],
-                    factor_z[offset[c, 2] : offset[c + 1, 2]],
-                    log_inverse_tol,
-                    weights,
+                    (i * shape[1] + first) * shape[2] + entries[e, _Z_LOW],
+                    shape[2],
+                    factor_x[at],
+                    factor_y,
+                    entries[e, _Y_BASE] + first,
+                    last - first + 1,
+                    factor_z,
+                    entries[e, _Z_START],
+                    entries[e, _Z_LENGTH],
                 )
+                updates += (last - first + 1) * entries[e, _Z_LENGTH]
     return updates

@@ -42,6 +42,7 @@ def warm_up() -> None:
             np.ones((1, 3), dtype=np.int64),
             13.8,
             16,
+            True,
         )
 
 

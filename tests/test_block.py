@@ -7,7 +7,7 @@ import numpy as np
 
 import daskgauss as dg
 from daskgauss._binning import bin_gaussians
-from daskgauss._block import cache_tile, render_block
+from daskgauss._block import render_block, strip_rows
 from daskgauss._gaussians import prepare_gaussians
 
 
@@ -26,10 +26,10 @@ def test_reused_buffer_gives_the_same_block_as_a_fresh_one(rng):
         assert fresh.any()
 
 
-def test_cache_tile_fits_the_budget():
-    assert cache_tile(256, 4) == 32  # 32 x 32 x 256 float32 = 1 MiB
-    assert cache_tile(256, 8) == 16
-    assert cache_tile(16, 4) == 64  # capped
-    assert cache_tile(100_000, 8) == 4  # floor
-    with dask.config.set({"daskgauss.kernel-tile-bytes": "4 MiB"}):
-        assert cache_tile(256, 4) == 64
+def test_strip_rows_fit_the_budget():
+    assert strip_rows(256, 4) == 32  # 32 x 256 float32 = 32 KiB
+    assert strip_rows(208, 8) == 19
+    assert strip_rows(16, 4) == 256  # capped
+    assert strip_rows(100_000, 8) == 1  # floor
+    with dask.config.set({"daskgauss.kernel-strip-bytes": "64 KiB"}):
+        assert strip_rows(256, 4) == 64

@@ -63,10 +63,11 @@ def _run(
     dtype=np.float64,
     start=BLOCK_START,
     shape=BLOCK_SHAPE,
-    tile=16,
+    strip=16,
     block=None,
     grid=GRID,
     ranges=None,
+    overwrite=False,
 ):
     """Call the kernel on a fresh (or given) block; return the block and the update count."""
     if block is None:
@@ -83,7 +84,8 @@ def _run(
         low,
         high,
         math.log(1 / tol),
-        tile,
+        strip,
+        overwrite,
     )
     return block, updates
 
@@ -295,21 +297,36 @@ def test_calling_twice_doubles():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_tile_sizes_give_bit_identical_results(dtype):
+def test_strip_sizes_give_bit_identical_results(dtype):
     tol = 1e-6
     positions, sigma, amplitude = _problem(8, count=60)
-    shape = (29, 27, 11)
+    shape = (29, 27, 11)  # 29 planes: several lists of SLAB planes and a partial one
     results = {}
-    for tile in (1, 3, 16, 32, 64):
-        block, updates = _run(
-            positions, sigma, amplitude, tol, dtype=dtype, start=(1, 1, 2), shape=shape, tile=tile
+    for strip in (1, 3, 8, 16, 27, 64):
+        results[strip] = _run(
+            positions, sigma, amplitude, tol, dtype=dtype, start=(1, 1, 2), shape=shape, strip=strip
         )
-        results[tile] = (block, updates)
     reference_block, reference_updates = results[1]
     assert reference_block.any()
-    for tile, (block, updates) in results.items():
-        np.testing.assert_array_equal(block, reference_block, err_msg=f"tile {tile}")
-        assert updates == reference_updates, tile
+    for strip, (block, updates) in results.items():
+        np.testing.assert_array_equal(block, reference_block, err_msg=f"strip {strip}")
+        assert updates == reference_updates, strip
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("strip", [1, 4, 64])
+def test_overwrite_ignores_what_the_block_held(dtype, strip):
+    """Every strip is cleared, including strips no Gaussian reaches."""
+    positions, sigma, amplitude = _problem(13, count=5)
+    fresh, fresh_updates = _run(positions, sigma, amplitude, 1e-6, dtype=dtype, strip=strip)
+    stale = np.full(BLOCK_SHAPE, np.nan, dtype=dtype)
+    block, updates = _run(
+        positions, sigma, amplitude, 1e-6, block=stale, strip=strip, overwrite=True
+    )
+    np.testing.assert_array_equal(block, fresh)
+    assert updates == fresh_updates
+    assert (fresh == 0).any()
+    assert fresh.any()
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -330,7 +347,7 @@ def test_blocks_at_any_start_assemble_to_the_whole_grid_bit_for_bit(dtype):
                 stop = (cuts[0][i + 1], cuts[1][j + 1], cuts[2][k + 1])
                 shape = tuple(b - a for a, b in zip(start, stop, strict=True))
                 block, updates = _run(
-                    positions, sigma, amplitude, tol, dtype=dtype, start=start, shape=shape, tile=3
+                    positions, sigma, amplitude, tol, dtype=dtype, start=start, shape=shape, strip=3
                 )
                 pieces[tuple(slice(a, b) for a, b in zip(start, stop, strict=True))] = block
                 total_updates += updates
