@@ -126,6 +126,37 @@ def test_done_record_and_block_writes(tmp_path):
     assert target.block_slices((2, 2, 1)) == (slice(8, 10), slice(8, 9), slice(4, 8))
 
 
+def test_all_zero_blocks_are_recorded_done_without_a_chunk(tmp_path):
+    grid = dg.Grid(shape=(8, 8, 8))
+    job = {"name": "daskgauss", "grid": grid.to_dict(), "block_shape": [4, 4, 4],
+           "dtype": "float32", "unit": None, "compression": "lz4"}  # fmt: skip
+    target, _ = create_target(tmp_path / "z.zarr", job=job, token="t", overwrite=False)
+    target.write_block((0, 0, 0), np.zeros((4, 4, 4), dtype=np.float32))
+    target.write_block((0, 0, 1), np.full((4, 4, 4), -0.0, dtype=np.float32))
+    late = np.zeros((4, 4, 4), dtype=np.float32)
+    late[-1, -1, -1] = 1e-30  # one non-zero value, at the very end
+    target.write_block((1, 1, 1), late)
+    chunks = sorted(p.relative_to(tmp_path / "z.zarr" / "0").as_posix()
+                    for p in (tmp_path / "z.zarr" / "0").rglob("*") if p.is_file() and
+                    p.name != "zarr.json")  # fmt: skip
+    assert chunks == ["c/1/1/1"]
+    assert sorted(map(tuple, np.argwhere(target.done_mask()))) == [(0, 0, 0), (0, 0, 1), (1, 1, 1)]
+    volume = target.data[...]
+    assert volume[7, 7, 7] == np.float32(1e-30)
+    assert np.count_nonzero(volume) == 1
+
+
+@pytest.mark.parametrize("position", [0, 2**18 - 1, 2**18, 2 * 2**18 + 5, 3 * 2**18 - 1])
+def test_all_zero_finds_a_single_non_zero_anywhere(position):
+    from daskgauss._store import _all_zero
+
+    values = np.zeros((3, 2**9, 2**9), dtype=np.float32)  # three 1 MiB pieces
+    assert _all_zero(values)
+    values.reshape(-1)[position] = -2.5
+    assert not _all_zero(values)
+    assert _all_zero(np.zeros((5, 7, 3), dtype=np.float64))
+
+
 def test_check_target_decides_without_writing(tmp_path):
     job = {"name": "daskgauss", "grid": dg.Grid(shape=4).to_dict(), "block_shape": [4, 4, 4],
            "dtype": "float32", "unit": None, "compression": "none"}  # fmt: skip
