@@ -10,6 +10,7 @@ import dask
 import dask.array as da
 import numpy as np
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config
@@ -142,17 +143,15 @@ def plan(
     return Plan(gaussians, binning, resolved, bool(periodic), token)
 
 
-def _render_task(binning: Binning, block_info: dict | None = None) -> np.ndarray:
-    """One dask task: the block at ``block_info``'s chunk location."""
-    info = block_info[None]  # type: ignore[index]
-    index = tuple(info["chunk-location"])
+def _render_task(binning: Binning, index: tuple[int, int, int], dtype: str) -> np.ndarray:
+    """One dask task: the block at ``index`` of the binned volume."""
     return render_block(
         binning.block_sources(index),
         binning.grid,
         binning.tol,
         binning.block_start(index),
-        tuple(info["chunk-shape"]),
-        info["dtype"],
+        binning.block_shape(index),
+        dtype,
     )
 
 
@@ -267,17 +266,15 @@ def gaussian_sum(
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a
     # distributed cluster they are scattered to one worker now (workers fetch them
-    # from there when first needed) rather than shipped inside the graph.
+    # from there when first needed) rather than shipped inside the graph. The graph
+    # is written out directly: map_blocks took longer to build it than a small
+    # volume takes to compute.
     client = active_client()
-    if client is not None:
-        shared = client.scatter(job.binning, hash=False)
-    else:
-        shared = dask.delayed(job.binning, name=f"daskgauss-binning-{job.token}", traverse=False)
-    return da.map_blocks(
-        _render_task,
-        shared,
-        chunks=job.binning.chunks,
-        dtype=job.dtype,
-        meta=np.empty((0, 0, 0), dtype=job.dtype),
-        name=f"gaussian-sum-{job.token}",
-    )
+    shared = client.scatter(job.binning, hash=False) if client is not None else job.binning
+    binning_key = f"daskgauss-binning-{job.token}"
+    name = f"gaussian-sum-{job.token}"
+    layer: dict = {binning_key: shared}
+    for index in np.ndindex(*job.binning.numblocks):
+        layer[(name, *index)] = (_render_task, binning_key, index, job.dtype.str)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=())
+    return da.Array(graph, name, job.binning.chunks, meta=np.empty((0, 0, 0), dtype=job.dtype))
