@@ -28,16 +28,17 @@ Every decision (which voxels a Gaussian covers, each 1D factor, which rows are
 skipped) is computed from global sample indices, never from the block's position,
 and each voxel receives its Gaussians in the order they are given. The result is
 therefore bit-identical whatever the chunking, the strip size, the CPU's vector
-width (no fused multiply-add contraction) or the order in which blocks are computed.
+width or the order in which blocks are computed. No multiply-add is fused and the
+exponential is :func:`exp_negative`, not the C library's, so the bits do not
+depend on the CPU or the C library either.
 """
 
 from __future__ import annotations
 
-import math
-
 import numba
 import numpy as np
 
+from ._exp import exp_negative
 from ._vector_rows import add_outer_rows
 
 __all__ = ["add_gaussians_to_block"]
@@ -70,6 +71,28 @@ def _clip_boxes(block_shape, block_start, index_low, index_high):
     return low, high, offset
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _axis_factors(axis, block_start, origin, spacing, positions, sigma, scale, low, high, offset,
+                  exponents, factors):  # fmt: skip
+    """Fill one axis's exponents ``((t - p) / s)^2 / 2`` and factors ``scale exp(-e)``.
+
+    Gaussian ``c``'s values over its clipped range start at ``offset[c, axis]``.
+    ``error_model="numpy"``: no division-by-zero branch (sigma > 0), so the inner
+    loop vectorises.
+    """
+    for c in range(positions.shape[0]):
+        # Views indexed from 0, so that the loop provably writes contiguous memory.
+        gaussian_exponents = exponents[offset[c, axis] : offset[c + 1, axis]]
+        gaussian_factors = factors[offset[c, axis] : offset[c + 1, axis]]
+        first = block_start[axis] + low[c, axis]
+        for j in range(gaussian_factors.shape[0]):
+            coordinate = origin[axis] + (first + j) * spacing[axis]
+            scaled = (coordinate - positions[c, axis]) / sigma[c, axis]
+            exponent = 0.5 * scaled * scaled
+            gaussian_exponents[j] = exponent
+            gaussian_factors[j] = scale[c] * exp_negative(exponent)
+
+
 @numba.njit(nogil=True, cache=True)
 def _factors(block, block_start, origin, spacing, positions, sigma, amplitude, low, high, offset):
     """Each Gaussian's 1D factors over its clipped box, and the x and y exponents.
@@ -77,27 +100,18 @@ def _factors(block, block_start, origin, spacing, positions, sigma, amplitude, l
     ``factor_x`` carries the amplitude; ``factor_z`` is in the block's dtype.
     """
     count = positions.shape[0]
-    factor_x = np.empty(offset[count, 0])
+    ones = np.ones(count)
     exponent_x = np.empty(offset[count, 0])
-    factor_y = np.empty(offset[count, 1])
+    factor_x = np.empty(offset[count, 0])
     exponent_y = np.empty(offset[count, 1])
-    factor_z = np.empty(offset[count, 2], block.dtype)
-    for c in range(count):
-        for d in range(3):
-            for local in range(low[c, d], high[c, d] + 1):
-                coordinate = origin[d] + (block_start[d] + local) * spacing[d]
-                scaled = (coordinate - positions[c, d]) / sigma[c, d]
-                exponent = 0.5 * scaled * scaled
-                at = offset[c, d] + local - low[c, d]
-                if d == 0:
-                    exponent_x[at] = exponent
-                    factor_x[at] = amplitude[c] * math.exp(-exponent)
-                elif d == 1:
-                    exponent_y[at] = exponent
-                    factor_y[at] = math.exp(-exponent)
-                else:
-                    factor_z[at] = math.exp(-exponent)
-    return factor_x, exponent_x, factor_y, exponent_y, factor_z
+    factor_y = np.empty(offset[count, 1])
+    exponent_z = np.empty(offset[count, 2])
+    factor_z = np.empty(offset[count, 2])
+    arguments = (block_start, origin, spacing, positions, sigma)
+    _axis_factors(0, *arguments, amplitude, low, high, offset, exponent_x, factor_x)
+    _axis_factors(1, *arguments, ones, low, high, offset, exponent_y, factor_y)
+    _axis_factors(2, *arguments, ones, low, high, offset, exponent_z, factor_z)
+    return factor_x, exponent_x, factor_y, exponent_y, factor_z.astype(block.dtype)
 
 
 @numba.njit(nogil=True, cache=True)

@@ -9,6 +9,9 @@ Index ranges here come from an independent scan of the grid's samples.
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -412,3 +415,29 @@ def test_no_gaussians_leave_the_block_untouched_and_return_zero(dtype):
     )
     assert updates == 0
     np.testing.assert_array_equal(block, prefill)
+
+
+def test_no_fused_multiply_add_anywhere_in_the_kernel(tmp_path):
+    """Same bits on every CPU needs every multiply and add rounded on its own.
+
+    Compiled afresh in a subprocess (numba cannot show code it loaded from its cache).
+    """
+    script = """
+from daskgauss import _kernel
+from daskgauss.preload import warm_up
+warm_up()
+for function in (_kernel.add_gaussians_to_block, _kernel._factors, _kernel._axis_factors,
+                 _kernel._kept_rows, _kernel._strip_entries, _kernel._clip_boxes):
+    for assembly in function.inspect_asm().values():
+        print(function.__name__, len(assembly), "vmulp" in assembly,
+              any(op in assembly for op in ("vfmadd", "vfnmadd", "vfmsub", "vfnmsub")))
+"""
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=environment, check=True, timeout=300)  # fmt: skip
+    lines = [line.split() for line in result.stdout.splitlines()]
+    names = {line[0] for line in lines}
+    assert {"add_gaussians_to_block", "_axis_factors", "_kept_rows"} <= names
+    assert all(int(line[1]) > 0 for line in lines)
+    assert any(line[2] == "True" for line in lines if line[0] == "add_gaussians_to_block")
+    assert not [line for line in lines if line[3] == "True"]
