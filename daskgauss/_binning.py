@@ -185,7 +185,8 @@ def bin_gaussians(
     sigma = gaussians.sigma
     amplitude = gaussians.amplitude
     nonzero = amplitude != 0
-    positions, sigma, amplitude = positions[nonzero], sigma[nonzero], amplitude[nonzero]
+    if not nonzero.all():
+        positions, sigma, amplitude = positions[nonzero], sigma[nonzero], amplitude[nonzero]
     half_width = support_half_width(gaussians.tol)
     if periodic:
         _check_fits_period(gaussians.radius, grid)
@@ -204,8 +205,9 @@ def bin_gaussians(
     index_low = np.clip(index_low, 0, last_sample + 1).astype(np.int64)
     index_high = np.clip(index_high, -1, last_sample).astype(np.int64)
     reaches = np.all(index_low <= index_high, axis=1)
-    positions, sigma, amplitude = positions[reaches], sigma[reaches], amplitude[reaches]
-    index_low, index_high = index_low[reaches], index_high[reaches]
+    if not reaches.all():
+        positions, sigma, amplitude = positions[reaches], sigma[reaches], amplitude[reaches]
+        index_low, index_high = index_low[reaches], index_high[reaches]
 
     edges = block_edges(chunks)
     numblocks = tuple(len(c) for c in chunks)

@@ -221,7 +221,7 @@ def gaussian_sum(
     .. math::
 
         |V_\text{computed}(x) - V(x)| \le \sum_i |a_i| \min(\text{tol}, g_i(x))
-            + (K(x) + 4)\,\varepsilon \sum_i |a_i| g_i(x)
+            + (K(x) + 8 + 6 \ln(1/\text{tol}))\,\varepsilon \sum_i |a_i| g_i(x)
 
     where the second term is float rounding: ``K(x)`` Gaussians are summed at
     ``x`` and ``eps`` is the unit roundoff of ``dtype`` (6e-8 in float32, 1.1e-16
