@@ -11,14 +11,20 @@ Formats
     name, say) are ignored. Without a header the file must have exactly three
     numeric columns, x y z. The chemistry XYZ layout (atom count, comment line,
     then ``symbol x y z``) is read too.
+
+A centres file is a local path or an fsspec URL (``s3://``, ``gs://``, ``https://``,
+``file://`` ...; remote protocols need their fsspec package, e.g. ``s3fs``).
 """
 
 from __future__ import annotations
 
+import io
+import os
 import pathlib
 import re
 from dataclasses import dataclass
 
+import fsspec
 import numpy as np
 
 __all__ = ["CentresFile", "CentresFileError", "is_number", "read_centres"]
@@ -60,10 +66,10 @@ def is_number(field: str) -> bool:
     return True
 
 
-def _read_npy(path: pathlib.Path) -> CentresFile:
+def _read_npy(path: str, data: bytes) -> CentresFile:
     try:
-        array = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as error:
+        array = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
         raise CentresFileError(f"{path}: not a readable .npy file ({error})") from None
     if array.ndim != 2 or array.shape[1] != 3:
         raise CentresFileError(
@@ -76,7 +82,7 @@ def _read_npy(path: pathlib.Path) -> CentresFile:
     return CentresFile(centres=array.astype(np.float64), weights=None, sigma=None)
 
 
-def _columns(header: list[str], path: pathlib.Path, line_number: int) -> dict[str, int]:
+def _columns(header: list[str], path: str, line_number: int) -> dict[str, int]:
     names = [name.lower() for name in header]
     position = {name: i for i, name in enumerate(names)}
     missing = [axis for axis in ("x", "y", "z") if axis not in position]
@@ -97,9 +103,9 @@ def _columns(header: list[str], path: pathlib.Path, line_number: int) -> dict[st
     return position
 
 
-def _read_text(path: pathlib.Path) -> CentresFile:
+def _read_text(path: str, data: bytes) -> CentresFile:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = data.decode("utf-8").splitlines()
     except UnicodeDecodeError as error:
         raise CentresFileError(
             f"{path}: not a text file (byte {error.start} is not UTF-8); use .npy for binary arrays"
@@ -167,26 +173,37 @@ def _read_text(path: pathlib.Path) -> CentresFile:
     )
 
 
-def read_centres(path: str | pathlib.Path) -> CentresFile:
+def read_centres(path: str | os.PathLike[str]) -> CentresFile:
     """Read centres, and any weights and sigmas, from ``path``.
+
+    Parameters
+    ----------
+    path : str or path-like
+        A local path, or an fsspec URL such as ``s3://bucket/centres.npy``.
 
     Raises
     ------
     CentresFileError
-        The file is missing, empty, of an unknown format, or malformed; the
-        message names the file and, for text files, the line.
+        The file is missing, unreadable, empty, of an unknown format, or
+        malformed; the message names the file and, for text files, the line.
     """
-    path = pathlib.Path(path)
-    if path.is_dir():
-        raise CentresFileError(f"{path}: is a directory, not a centres file")
-    if not path.is_file():
-        raise CentresFileError(f"{path}: no such file")
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
-        return _read_npy(path)
-    if suffix in TEXT_SUFFIXES:
-        return _read_text(path)
-    raise CentresFileError(
-        f"{path}: unknown format {suffix or '(no suffix)'}; use .npy (M x 3) or "
-        f"{', '.join(TEXT_SUFFIXES)} (x y z columns)"
-    )
+    name = os.fspath(path)
+    if "://" in name:
+        filesystem, inner = fsspec.core.url_to_fs(name)
+    else:
+        filesystem, inner = fsspec.filesystem("file"), name
+    try:
+        if filesystem.isdir(inner):
+            raise CentresFileError(f"{name}: is a directory, not a centres file")
+        if not filesystem.isfile(inner):
+            raise CentresFileError(f"{name}: no such file")
+        suffix = pathlib.PurePosixPath(inner).suffix.lower()
+        if suffix not in (".npy", *TEXT_SUFFIXES):
+            raise CentresFileError(
+                f"{name}: unknown format {suffix or '(no suffix)'}; use .npy (M x 3) or "
+                f"{', '.join(TEXT_SUFFIXES)} (x y z columns)"
+            )
+        data = filesystem.cat_file(inner)
+    except OSError as error:
+        raise CentresFileError(f"{name}: cannot be read ({error})") from None
+    return _read_npy(name, data) if suffix == ".npy" else _read_text(name, data)

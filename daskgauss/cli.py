@@ -122,7 +122,7 @@ def cli() -> None:
 
 
 @cli.command()
-@click.argument("centres", type=click.Path(dir_okay=False, path_type=pathlib.Path))
+@click.argument("centres")
 @click.argument("store")
 @click.option(
     "--shape",
@@ -224,7 +224,7 @@ def cli() -> None:
     help="Use the scheduler described in this file (dask scheduler --scheduler-file).",
 )
 def render(
-    centres: pathlib.Path,
+    centres: str,
     store: str,
     shape: Any,
     lower: Any,
@@ -248,8 +248,8 @@ def render(
     """Render the Gaussians centred at CENTRES into the Zarr store STORE.
 
     CENTRES is .npy (M x 3) or .csv/.txt/.xyz with a header naming x y z and
-    optional weight and sigma (or sx sy sz) columns. STORE is a path or an fsspec
-    URL. Running the same command again resumes an interrupted render.
+    optional weight and sigma (or sx sy sz) columns. CENTRES and STORE are paths or
+    fsspec URLs. Running the same command again resumes an interrupted render.
     """
     started = time.perf_counter()
     try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import io
 import re
+import uuid
 
 import numpy as np
 import pytest
@@ -358,3 +360,56 @@ def test_binary_file_with_a_text_suffix_is_a_centres_file_error(tmp_path):
     path.write_bytes(b"x,y,z\n1,2,3\n\xff\xfe\x00\x81 4,5,6\n")
     with pytest.raises(CentresFileError, match=re.escape(str(path))):
         read_centres(path)
+
+
+# ----------------------------------------------------------------------------- URLs
+
+
+@pytest.fixture
+def memory_folder():
+    """A folder on fsspec's in-memory filesystem, removed afterwards."""
+    import fsspec
+
+    filesystem = fsspec.filesystem("memory")
+    folder = f"/daskgauss-test-{uuid.uuid4().hex}"
+    filesystem.mkdir(folder)
+    yield filesystem, folder
+    filesystem.rm(folder, recursive=True)
+
+
+def test_file_url_reads_like_the_path(tmp_path):
+    np.save(tmp_path / "u.npy", XYZ)
+    np.testing.assert_array_equal(read_centres(f"file://{tmp_path}/u.npy").centres, XYZ)
+    path = _write(tmp_path, "u.csv", "x,y,z,weight\n1.5,-2.25,3,2\n-0.5,4,10.125,1\n7,0,-8.75,0\n")
+    read = read_centres(path.as_uri())
+    np.testing.assert_array_equal(read.centres, XYZ)
+    np.testing.assert_array_equal(read.weights, [2.0, 1.0, 0.0])
+
+
+def test_fsspec_url_on_another_filesystem(memory_folder):
+    filesystem, folder = memory_folder
+    buffer = io.BytesIO()
+    np.save(buffer, XYZ)
+    filesystem.pipe(f"{folder}/c.npy", buffer.getvalue())
+    text = b"x y z sigma\n1.5 -2.25 3 0.5\n-0.5 4 10.125 1\n7 0 -8.75 2\n"
+    filesystem.pipe(f"{folder}/c.xyz", text)
+    np.testing.assert_array_equal(read_centres(f"memory://{folder}/c.npy").centres, XYZ)
+    read = read_centres(f"memory://{folder}/c.xyz")
+    np.testing.assert_array_equal(read.centres, XYZ)
+    np.testing.assert_array_equal(read.sigma, [0.5, 1.0, 2.0])
+
+
+def test_url_errors_name_the_url(memory_folder):
+    filesystem, folder = memory_folder
+    filesystem.pipe(f"{folder}/c.dat", b"x,y,z\n1,2,3\n")
+    filesystem.pipe(f"{folder}/bad.csv", b"x,y,z\n1,2,3\n4,five,6\n")
+    filesystem.mkdir(f"{folder}/sub.csv")
+    cases = {
+        f"memory://{folder}/absent.npy": "no such file",
+        f"memory://{folder}/c.dat": "unknown format .dat",
+        f"memory://{folder}/sub.csv": "is a directory",
+        f"memory://{folder}/bad.csv": "line 3: column 'y' is not a number: 'five'",
+    }
+    for url, message in cases.items():
+        with pytest.raises(CentresFileError, match=re.escape(f"{url}") + ".*" + re.escape(message)):
+            read_centres(url)

@@ -402,6 +402,24 @@ def test_render_sigma_and_weight_columns(inputs, tmp_path):
     assert job["sigma"]["max"] == inputs["sigma"].max()
 
 
+def test_render_reads_centres_from_an_fsspec_url(inputs, tmp_path):
+    """CENTRES may be a URL: here fsspec's in-memory filesystem (the CLI runs in-process)."""
+    import fsspec
+
+    url = f"memory://daskgauss-cli-{tmp_path.name}/centres.csv"
+    rows = "\n".join(",".join(repr(float(v)) for v in row) for row in inputs["centres"])
+    with fsspec.open(url, "w") as handle:
+        handle.write("x,y,z\n" + rows + "\n")
+    store = tmp_path / "from-url.zarr"
+    try:
+        result, _ = _invoke("render", url, store, *BASIC)
+    finally:
+        fsspec.filesystem("memory").rm(url)
+    _succeeded(result)
+    expected = dg.gaussian_sum(inputs["centres"], 1.0, _basic_grid(), chunks=CHUNKS).compute()
+    np.testing.assert_array_equal(_volume(store), expected)
+
+
 def test_render_sx_sy_sz_columns(inputs, tmp_path):
     centres = inputs["centres"][:30]
     sxyz = np.random.default_rng(3).uniform(0.5, 1.5, size=(30, 3))
