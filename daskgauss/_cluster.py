@@ -27,7 +27,9 @@ def default_local_size() -> tuple[int, int]:
     the GIL, so fewer, wider processes save the ~200 MB each process costs. Twice
     as many threads as cores because a block's write spends part of its time
     blocked in the filesystem: with 2 threads on 2 cores a 1024^3 render took
-    12.7 s, with 4 threads 10.0 s. Memory is about three blocks per thread.
+    12.7 s, with 4 threads 10.0 s (since writes skip zarr's serialising empty-chunk
+    test the two are within this VM's noise: 8.2-10.9 s and 8.5-10.4 s). Memory
+    is about three blocks per thread.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = max(1, cores or 1)
