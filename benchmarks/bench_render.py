@@ -146,7 +146,8 @@ def floor(scratch: Path, n: int = 1024, repeats: int = 2) -> None:
     floors = []
     # zarr: one bulk write with zarr's empty-chunk test on (its default); zarr-nocheck:
     # the same without it (write_empty_chunks=True), faster; dask: dask's store, one
-    # chunk write per task. The floor is the fastest of all.
+    # chunk write per task. The ratio is printed against the first (the floor the
+    # issue names) and against the fastest of all.
     methods = {"zarr": False, "zarr-nocheck": True, "dask": False}
     for _ in range(repeats):
         for method, write_empty in methods.items():

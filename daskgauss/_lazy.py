@@ -22,7 +22,8 @@ from ._grid import Grid
 
 __all__ = ["Plan", "block_chunks", "gaussian_sum", "output_dtype", "plan"]
 
-# Default block sides are multiples of this, so that kernel tiles fill them.
+# Default block sides are multiples of this, so that the kernel's slabs of planes
+# (SLAB = 8) and vector rows fill them evenly.
 _BLOCK_MULTIPLE = 16
 # Below this a block's task overhead outweighs splitting it across cores.
 _SMALLEST_SPLIT_BYTES = 2**20

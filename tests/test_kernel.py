@@ -296,7 +296,7 @@ def test_calling_twice_doubles():
     np.testing.assert_array_equal(twice, 2 * once)
 
 
-# ---------------------------------------------------------------- tiling and determinism
+# ---------------------------------------------------------------- strips and determinism
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
