@@ -10,6 +10,7 @@ array and nothing else. Cost: O(M x blocks touched per Gaussian), done once.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -163,6 +164,72 @@ def _periodic_images(
     return positions, sigma, amplitude
 
 
+def _index_boxes(
+    positions: np.ndarray, radius: np.ndarray, grid: Grid
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive global sample index range of each support box, clipped to the grid.
+
+    A box that misses the grid on some axis comes out empty there (low > high).
+    Written as in-place steps: at M = 1000 numpy's per-call cost, not arithmetic,
+    is most of the time.
+    """
+    # The same value on every axis (a cubic grid) broadcasts as a scalar, which
+    # numpy does several times faster than a (3,) row; the results are identical.
+    origin = _per_axis(grid.origin)
+    spacing = _per_axis(grid.spacing)
+    last_sample = _per_axis(grid.shape) - 1
+    with np.errstate(over="ignore"):  # centres near the float limits clip below
+        low = positions - radius
+        low -= origin
+        low /= spacing
+        np.ceil(low, out=low)
+        high = positions + radius
+        high -= origin
+        high /= spacing
+        np.floor(high, out=high)
+    # Clip in float first: a centre far outside the grid must not overflow int64.
+    np.maximum(low, 0, out=low)
+    np.minimum(low, last_sample + 1, out=low)
+    np.maximum(high, -1, out=high)
+    np.minimum(high, last_sample, out=high)
+    return low.astype(np.int64), high.astype(np.int64)
+
+
+def _per_axis(values: tuple) -> np.ndarray:
+    """``values`` as an array of three, or as one scalar where all three are equal."""
+    return np.asarray(values[0] if values[0] == values[1] == values[2] else values)
+
+
+@functools.lru_cache(maxsize=32)
+def _block_starts(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every block's first sample, all three axes in one sorted array.
+
+    Axis ``d`` is shifted up by the samples of the axes before it, so one
+    ``searchsorted`` finds the block of any sample on any axis: it returns the
+    blocks of the earlier axes, plus the sample's block index on its own axis,
+    plus one. Returns the starts, each axis's shift, and that count to subtract.
+    """
+    edges = block_edges(chunks)
+    shift = np.cumsum([0, edges[0][-1], edges[1][-1]])
+    starts = np.concatenate([edges[d][:-1] + shift[d] for d in range(3)])
+    before = np.cumsum([1, len(chunks[0]), len(chunks[1])])
+    for array in (starts, shift, before):
+        array.setflags(write=False)
+    return starts, shift, before
+
+
+def _block_boxes(
+    index_low: np.ndarray, index_high: np.ndarray, chunks: Chunks
+) -> tuple[np.ndarray, np.ndarray]:
+    """First and last block index, per axis, of each (non-empty) sample index box."""
+    starts, shift, before = _block_starts(chunks)
+    both = np.concatenate((index_low, index_high))
+    both += shift
+    blocks = np.searchsorted(starts, both, side="right")
+    blocks -= before
+    return blocks[: len(index_low)], blocks[len(index_low) :]
+
+
 def bin_gaussians(
     gaussians: Gaussians, grid: Grid, chunks: Chunks, *, periodic: bool = False
 ) -> Binning:
@@ -195,57 +262,50 @@ def bin_gaussians(
         )
     radius = sigma * half_width
 
-    origin = np.array(grid.origin)
-    spacing = np.array(grid.spacing)
-    last_sample = np.array(grid.shape) - 1
-    with np.errstate(over="ignore"):  # centres near the float limits clip below
-        index_low = np.ceil((positions - radius - origin) / spacing)
-        index_high = np.floor((positions + radius - origin) / spacing)
-    # Clip in float first: a centre far outside the grid must not overflow int64.
-    index_low = np.clip(index_low, 0, last_sample + 1).astype(np.int64)
-    index_high = np.clip(index_high, -1, last_sample).astype(np.int64)
-    reaches = np.all(index_low <= index_high, axis=1)
+    index_low, index_high = _index_boxes(positions, radius, grid)
+    reaches = (index_low <= index_high).all(axis=1)
     if not reaches.all():
         positions, sigma, amplitude = positions[reaches], sigma[reaches], amplitude[reaches]
         index_low, index_high = index_low[reaches], index_high[reaches]
 
-    edges = block_edges(chunks)
+    first_block, last_block = _block_boxes(index_low, index_high, chunks)
     numblocks = tuple(len(c) for c in chunks)
-    first_block = np.stack(
-        [np.searchsorted(edges[d], index_low[:, d], side="right") - 1 for d in range(3)], axis=1
-    )
-    last_block = np.stack(
-        [np.searchsorted(edges[d], index_high[:, d], side="right") - 1 for d in range(3)], axis=1
-    )
     extent = last_block - first_block + 1
-    pairs_per_source = np.prod(extent, axis=1)
+    pairs_per_source = extent[:, 0] * extent[:, 1] * extent[:, 2]
+    count = len(amplitude)
     total = int(pairs_per_source.sum())
 
-    # Expand every source into the (source, block) pairs of its block box, in
-    # source order, then sort stably by block: sources stay ascending per block.
-    source = np.repeat(np.arange(len(amplitude)), pairs_per_source)
-    local = np.arange(total) - np.repeat(
-        np.cumsum(pairs_per_source) - pairs_per_source, pairs_per_source
-    )
-    extent_y = extent[source, 1]
-    extent_z = extent[source, 2]
-    block_x = first_block[source, 0] + local // (extent_y * extent_z)
-    block_y = first_block[source, 1] + (local // extent_z) % extent_y
-    block_z = first_block[source, 2] + local % extent_z
+    if total == count:
+        # Every source reaches one block (blocks much wider than the supports).
+        source = np.arange(count)
+        block_x, block_y, block_z = first_block.T
+    else:
+        # Expand every source into the (source, block) pairs of its block box, in
+        # source order.
+        source = np.repeat(np.arange(count), pairs_per_source)
+        local = np.arange(total) - np.repeat(
+            np.cumsum(pairs_per_source) - pairs_per_source, pairs_per_source
+        )
+        extent_y = extent[:, 1].take(source)
+        extent_z = extent[:, 2].take(source)
+        block_x = first_block[:, 0].take(source) + local // (extent_y * extent_z)
+        block_y = first_block[:, 1].take(source) + (local // extent_z) % extent_y
+        block_z = first_block[:, 2].take(source) + local % extent_z
     flat = (block_x * numblocks[1] + block_y) * numblocks[2] + block_z
-    order = np.argsort(flat, kind="stable")
-    rows = source[order]
-    counts = np.bincount(flat, minlength=int(np.prod(numblocks)))
-    block_offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    # A stable sort by block keeps each block's sources ascending.
+    rows = source.take(np.argsort(flat, kind="stable"))
+    block_offsets = np.zeros(numblocks[0] * numblocks[1] * numblocks[2] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(flat, minlength=len(block_offsets) - 1), out=block_offsets[1:])
 
     return Binning(
         grid=grid,
         chunks=chunks,
         tol=gaussians.tol,
         block_offsets=block_offsets,
-        positions=np.ascontiguousarray(positions[rows]),
-        sigma=np.ascontiguousarray(sigma[rows]),
-        amplitude=np.ascontiguousarray(amplitude[rows]),
-        index_low=np.ascontiguousarray(index_low[rows]),
-        index_high=np.ascontiguousarray(index_high[rows]),
+        # take, not fancy indexing: three times faster on (M, 3) rows.
+        positions=positions.take(rows, axis=0),
+        sigma=sigma.take(rows, axis=0),
+        amplitude=amplitude.take(rows),
+        index_low=index_low.take(rows, axis=0),
+        index_high=index_high.take(rows, axis=0),
     )

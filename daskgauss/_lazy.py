@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import os
 from dataclasses import dataclass
@@ -9,7 +11,6 @@ from dataclasses import dataclass
 import dask
 import dask.array as da
 import numpy as np
-from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, DTypeLike
 
@@ -83,7 +84,10 @@ def block_chunks(chunks: object, shape: tuple[int, int, int], dtype: np.dtype) -
     if chunks is None:
         chunks = _default_block_shape(shape, dtype.itemsize)
     try:
-        normalised = da.core.normalize_chunks(chunks, shape=shape, dtype=dtype)
+        if _is_block_shape(chunks):
+            normalised = _normalize_block_shape(chunks, shape, dtype)
+        else:
+            normalised = da.core.normalize_chunks(chunks, shape=shape, dtype=dtype)
     except (ValueError, TypeError, IndexError) as error:
         raise ValueError(
             f"chunks {chunks!r} do not fit a grid of shape {shape}: {error}. Give one block "
@@ -93,6 +97,20 @@ def block_chunks(chunks: object, shape: tuple[int, int, int], dtype: np.dtype) -
     if len(normalised) != 3 or any(size < 1 for axis in normalised for size in axis):
         raise ValueError(f"chunks {chunks!r} must give positive block sizes on all three axes")
     return normalised  # type: ignore[return-value]
+
+
+def _is_block_shape(chunks: object) -> bool:
+    """Whether ``chunks`` is one block side or a tuple of them: a cacheable form."""
+    sides = chunks if isinstance(chunks, tuple) else (chunks,)
+    return all(isinstance(side, int) and not isinstance(side, bool) for side in sides)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_block_shape(
+    block_shape: int | tuple[int, ...], shape: tuple[int, int, int], dtype: np.dtype
+) -> Chunks:
+    # dask's normalisation takes longer than binning a thousand Gaussians does.
+    return da.core.normalize_chunks(block_shape, shape=shape, dtype=dtype)
 
 
 @dataclass(frozen=True, eq=False)
@@ -140,7 +158,9 @@ def plan(
     resolved = output_dtype(dtype)
     normalised = block_chunks(chunks, grid.shape, resolved)
     binning = bin_gaussians(gaussians, grid, normalised, periodic=bool(periodic))
-    token = tokenize(gaussians.fingerprint(), grid, normalised, bool(periodic), resolved.str)
+    # repr of floats round-trips exactly, so equal jobs, and only they, share a token.
+    job = (gaussians.fingerprint(), grid, normalised, bool(periodic), resolved.str)
+    token = hashlib.sha256(repr(job).encode()).hexdigest()[:32]
     return Plan(gaussians, binning, resolved, bool(periodic), token)
 
 
@@ -267,9 +287,10 @@ def gaussian_sum(
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a
     # distributed cluster they are scattered to one worker now (workers fetch them
-    # from there when first needed) rather than shipped inside the graph. The graph
-    # is written out directly: map_blocks took longer to build it than a small
-    # volume takes to compute.
+    # from there when first needed) rather than shipped inside the graph; the
+    # future in the graph keeps them there for as long as the array exists. The
+    # graph is written out directly: map_blocks took longer to build it than a
+    # small volume takes to compute.
     client = active_client()
     shared = client.scatter(job.binning, hash=False) if client is not None else job.binning
     binning_key = f"daskgauss-binning-{job.token}"

@@ -7,6 +7,7 @@ cluster, and renders onto them through the Python API and through `daskgauss ren
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import signal
@@ -145,6 +146,17 @@ def test_gaussian_sum_on_real_workers_is_bit_identical(cluster, job):
         computed = volume.compute()
         assert len(client.scheduler_info()["workers"]) == 2
     np.testing.assert_array_equal(computed, expected)
+
+
+def test_scattered_binning_lives_as_long_as_the_array(cluster, job):
+    # The array alone must keep the scattered Gaussians on the cluster: computed
+    # after every other reference is gone and the client has told the scheduler.
+    expected = _local_volume(job)
+    with Client(scheduler_file=str(cluster)):
+        volume = dg.gaussian_sum(job["centres"], job["sigma"], job["grid"], chunks=job["chunks"])
+        gc.collect()
+        time.sleep(0.5)
+        np.testing.assert_array_equal(volume.compute(), expected)
 
 
 def test_render_to_zarr_on_real_workers_is_bit_identical(cluster, job, tmp_path):
