@@ -277,8 +277,8 @@ def test_preview_index_out_of_range(rendered, tmp_path, axis, index):
 
 # ----------------------------------------------------------------------------- not a store
 
-
-@pytest.mark.parametrize(
+# Every command that reads a store, each refusing the same bad locations.
+READERS = pytest.mark.parametrize(
     "read",
     [
         store_summary,
@@ -287,6 +287,9 @@ def test_preview_index_out_of_range(rendered, tmp_path, axis, index):
     ],
     ids=["summary", "export", "preview"],
 )
+
+
+@READERS
 def test_nothing_there(tmp_path, read):
     missing = str(tmp_path / "missing.zarr")
     with pytest.raises(FileNotFoundError, match=re.escape(f"no store at {missing}")):
@@ -299,15 +302,7 @@ def test_nothing_there(tmp_path, read):
     assert not (tmp_path / "missing.zarr.png").exists()
 
 
-@pytest.mark.parametrize(
-    "read",
-    [
-        store_summary,
-        lambda location: export_mrc(location, location + ".mrc"),
-        lambda location: preview_png(location, location + ".png"),
-    ],
-    ids=["summary", "export", "preview"],
-)
+@READERS
 def test_not_a_daskgauss_store(tmp_path, read):
     folder = tmp_path / "notes"
     folder.mkdir()
@@ -337,15 +332,7 @@ def test_a_store_missing_its_volume_is_incomplete(tmp_path):
         store_summary(str(store))
 
 
-@pytest.mark.parametrize(
-    "read",
-    [
-        store_summary,
-        lambda location: export_mrc(location, location + ".mrc"),
-        lambda location: preview_png(location, location + ".png"),
-    ],
-    ids=["summary", "export", "preview"],
-)
+@READERS
 def test_a_regular_file_is_not_a_daskgauss_store(tmp_path, read):
     """open_target promises StoreMismatchError when something that is not a store is there;
     a plain file must not surface as '[Errno 17] File exists'."""
