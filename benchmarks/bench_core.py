@@ -31,7 +31,7 @@ import daskgauss as dg
 from benchmarks.baselines import kdtree_slabs, meshgrid_loop
 from daskgauss._block import strip_rows
 from daskgauss._kernel import add_gaussians_to_block
-from daskgauss._lazy import plan
+from daskgauss._plan import Request, plan
 
 SIGMA = 1.0
 TOL = 1e-6
@@ -108,7 +108,7 @@ def kernel_rate(count: int, n: int) -> dict:
     fresh memory are not counted as kernel time. Each block's time is the best of
     three, like every other daskgauss time here.
     """
-    job = plan(centres(count), SIGMA, grid(n), weights=WEIGHT, tol=TOL)
+    job = plan(Request(centres(count), SIGMA, grid(n), weights=WEIGHT, tol=TOL))
     binning = job.binning
     buffer = None
     updates = 0

@@ -17,10 +17,9 @@ import numpy as np
 
 from ._gaussians import Gaussians, support_half_width
 from ._grid import Grid
+from ._job import Chunks
 
-__all__ = ["Binning", "BlockSources", "bin_gaussians", "block_edges"]
-
-Chunks = tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]
+__all__ = ["Binning", "BlockSources", "Chunks", "bin_gaussians", "block_edges"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,6 +44,17 @@ class BlockSources:
     def count(self) -> int:
         """Number of sources, K."""
         return int(self.amplitude.shape[0])
+
+    @classmethod
+    def from_table(cls, rows: np.ndarray) -> BlockSources:
+        """The sources of one block from its rows of :meth:`Binning.source_table`."""
+        return cls(
+            positions=np.ascontiguousarray(rows[:, 0:3]),
+            sigma=np.ascontiguousarray(rows[:, 3:6]),
+            amplitude=np.ascontiguousarray(rows[:, 6]),
+            index_low=rows[:, 7:10].astype(np.int64),
+            index_high=rows[:, 10:13].astype(np.int64),
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -108,6 +118,20 @@ class Binning:
             index_low=self.index_low[rows],
             index_high=self.index_high[rows],
         )
+
+    def source_table(self) -> tuple[np.ndarray, np.ndarray]:
+        """The table as two plain arrays, for storing: ``(block_offsets, rows)``.
+
+        ``rows`` (float64, shape (sources, 13)) holds x, y, z, sigma x, y, z,
+        amplitude, then the sample index ranges low x, y, z, high x, y, z (integers,
+        exact in float64); block ``b`` owns rows ``block_offsets[b]:block_offsets[b+1]``.
+        :meth:`BlockSources.from_table` reads a block's rows back.
+        """
+        rows = np.concatenate(
+            [self.positions, self.sigma, self.amplitude[:, None], self.index_low,
+             self.index_high], axis=1,
+        )  # fmt: skip
+        return self.block_offsets, rows
 
     @property
     def nbytes(self) -> int:

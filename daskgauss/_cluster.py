@@ -1,16 +1,24 @@
-"""Connecting to a dask.distributed cluster, or starting a local one."""
+"""Connecting to a dask.distributed cluster, or starting a local one.
+
+``distributed`` is imported only when a cluster is used: importing daskgauss, or
+computing on dask's local schedulers, does not import it.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import time
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import dask.utils
-import distributed
 
 from . import _config
+
+if TYPE_CHECKING:
+    import distributed
 
 __all__ = ["ClusterError", "active_client", "connect", "default_local_size"]
 
@@ -24,12 +32,11 @@ def default_local_size() -> tuple[int, int]:
 
     One worker process per four cores (at least one), with two threads per core
     between them. Threads share the numba kernel and the zarr codecs, which release
-    the GIL, so fewer, wider processes save the ~200 MB each process costs. Twice
-    as many threads as cores because a block's write spends part of its time
-    blocked in the filesystem: with 2 threads on 2 cores a 1024^3 render took
-    12.7 s, with 4 threads 10.0 s (since writes skip zarr's serialising empty-chunk
-    test the two are within this VM's noise: 8.2-10.9 s and 8.5-10.4 s). Memory
-    is about three blocks per thread.
+    the GIL, so fewer, wider processes save the memory each process costs. Twice as
+    many threads as cores because a block's write spends part of its time blocked
+    in the filesystem (benchmarks/RESULTS.md has the measurements). Each thread
+    keeps one block buffer between tasks, and a task also holds its block while
+    compressing it: see README for the measured memory per thread.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     cores = max(1, cores or 1)
@@ -47,7 +54,14 @@ def _wait_for_file(path: str, timeout: str) -> None:
 
 
 def active_client() -> distributed.Client | None:
-    """The distributed client dask would use now, or None (local schedulers)."""
+    """The distributed client dask would use now, or None (local schedulers).
+
+    Without ``distributed`` imported no client can exist, so it is not imported here.
+    """
+    if "distributed" not in sys.modules:
+        return None
+    import distributed
+
     try:
         return distributed.default_client()
     except ValueError:
@@ -83,6 +97,8 @@ def connect(
         The scheduler is unreachable within ``timeout``, or both a scheduler
         address and a scheduler file were given.
     """
+    import distributed
+
     if scheduler and scheduler_file:
         raise ClusterError("give --scheduler or --scheduler-file, not both")
     timeout = timeout or str(_config.get("connect-timeout"))

@@ -11,6 +11,7 @@ from typing import Any
 import fsspec
 import numpy as np
 
+from ._extras import require
 from ._store import Target, open_target
 
 __all__ = ["angstroms_per_unit", "export_mrc", "preview_png", "store_summary"]
@@ -47,7 +48,7 @@ def store_summary(location: str) -> dict[str, Any]:
         size = filesystem.du(path, total=True)
     except (OSError, NotImplementedError):
         size = None
-    job = target.job
+    job = target.record
     return {
         "location": str(location),
         "shape": list(target.data.shape),
@@ -80,13 +81,10 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
     ------
     FileExistsError
         ``output`` exists and ``overwrite`` is False.
-    ImportError
+    MissingExtraError
         mrcfile is not installed (``pip install daskgauss[mrc]``).
     """
-    try:
-        import mrcfile
-    except ImportError:
-        raise ImportError("MRC export needs mrcfile: pip install 'daskgauss[mrc]'") from None
+    mrcfile = require("mrcfile", extra="mrc", purpose="MRC export")
     target = open_target(location)
     output = pathlib.Path(output)
     if output.exists() and not overwrite:
@@ -95,7 +93,7 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
         )
     nx, ny, nz = target.data.shape
     grid = target.grid
-    scale = angstroms_per_unit(target.job["unit"])
+    scale = angstroms_per_unit(target.record["unit"])
     minimum, maximum, total, squares = np.inf, -np.inf, 0.0, 0.0
     with mrcfile.new_mmap(str(output), shape=(nz, ny, nx), mrc_mode=2, overwrite=True) as mrc:
         for index in _block_indices(target):
@@ -135,13 +133,8 @@ def preview_png(
         Show the maximum along ``axis`` instead of one plane (reads the whole
         volume, block by block, through dask).
     """
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise ImportError("preview needs matplotlib: pip install 'daskgauss[preview]'") from None
+    require("matplotlib", extra="preview", purpose="preview").use("Agg")
+    plt = require("matplotlib.pyplot", extra="preview", purpose="preview")
     import dask.array as da
 
     if axis not in (0, 1, 2):
@@ -168,7 +161,7 @@ def preview_png(
         axes_values[shown[0]][0], axes_values[shown[0]][-1],
         axes_values[shown[1]][0], axes_values[shown[1]][-1],
     )  # fmt: skip
-    unit = target.job["unit"] or "coordinate units"
+    unit = target.record["unit"] or "coordinate units"
     figure, frame = plt.subplots(figsize=(6, 5))
     shown_image = frame.imshow(image.T, origin="lower", extent=extent, cmap="magma", aspect="equal")
     frame.set_xlabel(f"{'xyz'[shown[0]]} ({unit})")

@@ -2,166 +2,18 @@
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import math
-import os
-from dataclasses import dataclass
-
-import dask
 import dask.array as da
 import numpy as np
 from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import _config
-from ._binning import Binning, Chunks, bin_gaussians
+from ._binning import Binning
 from ._block import render_block
 from ._cluster import active_client
-from ._gaussians import Gaussians, prepare_gaussians
 from ._grid import Grid
+from ._plan import Request, plan
 
-__all__ = ["Plan", "block_chunks", "gaussian_sum", "output_dtype", "plan"]
-
-# Default block sides are multiples of this, so that the kernel's slabs of planes
-# (SLAB = 8) and vector rows fill them evenly.
-_BLOCK_MULTIPLE = 16
-# Below this a block's task overhead outweighs splitting it across cores.
-_SMALLEST_SPLIT_BYTES = 2**20
-
-
-def output_dtype(dtype: DTypeLike) -> np.dtype:
-    """``dtype`` as a numpy dtype, if it is float32 or float64."""
-    try:
-        resolved = np.dtype(dtype)
-    except TypeError:
-        resolved = None
-    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
-        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
-    return resolved
-
-
-def _default_block_shape(shape: tuple[int, int, int], itemsize: int) -> tuple[int, int, int]:
-    """Near-cubic blocks of about ``daskgauss.block-bytes``; short axes are taken whole.
-
-    A volume of fewer blocks than cores is cut into x slabs, one per core, down to
-    ``_SMALLEST_SPLIT_BYTES`` a slab: a 256^3 float32 sum of 10^4 Gaussians took
-    131 ms as one block and 98 ms as two on two cores, the cost of joining them
-    included.
-    """
-    block = _near_cubic_block(shape, itemsize)
-    cores = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    blocks = math.prod(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
-    while (
-        blocks < cores
-        and block[0] > 1
-        and math.ceil(block[0] / 2) * block[1] * block[2] * itemsize >= _SMALLEST_SPLIT_BYTES
-    ):
-        block = (math.ceil(block[0] / 2), block[1], block[2])
-        blocks = math.prod(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
-    return block
-
-
-def _near_cubic_block(shape: tuple[int, int, int], itemsize: int) -> tuple[int, int, int]:
-    budget = dask.utils.parse_bytes(_config.get("block-bytes")) / itemsize
-    block = [0, 0, 0]
-    remaining = sorted(range(3), key=lambda d: shape[d])
-    while remaining:
-        # The small excess keeps exact powers (64 MiB / 4 B = 256^3) from rounding down.
-        side = budget ** (1 / len(remaining)) * (1 + 1e-9)
-        axis = remaining.pop(0)
-        if shape[axis] <= side:
-            block[axis] = shape[axis]
-        else:
-            block[axis] = max(_BLOCK_MULTIPLE, int(side) // _BLOCK_MULTIPLE * _BLOCK_MULTIPLE)
-            block[axis] = min(block[axis], shape[axis])
-        budget /= block[axis]
-    return tuple(block)  # type: ignore[return-value]
-
-
-def block_chunks(chunks: object, shape: tuple[int, int, int], dtype: np.dtype) -> Chunks:
-    """Normalise ``chunks`` (anything dask accepts, or None for the default) for ``shape``."""
-    if chunks is None:
-        chunks = _default_block_shape(shape, dtype.itemsize)
-    try:
-        if _is_block_shape(chunks):
-            normalised = _normalize_block_shape(chunks, shape, dtype)
-        else:
-            normalised = da.core.normalize_chunks(chunks, shape=shape, dtype=dtype)
-    except (ValueError, TypeError, IndexError) as error:
-        raise ValueError(
-            f"chunks {chunks!r} do not fit a grid of shape {shape}: {error}. Give one block "
-            "size per axis (e.g. 128 or (128, 128, 64)), explicit sizes per axis that sum to "
-            "the shape, or 'auto'."
-        ) from None
-    if len(normalised) != 3 or any(size < 1 for axis in normalised for size in axis):
-        raise ValueError(f"chunks {chunks!r} must give positive block sizes on all three axes")
-    return normalised  # type: ignore[return-value]
-
-
-def _is_block_shape(chunks: object) -> bool:
-    """Whether ``chunks`` is one block side or a tuple of them: a cacheable form."""
-    sides = chunks if isinstance(chunks, tuple) else (chunks,)
-    return all(isinstance(side, int) and not isinstance(side, bool) for side in sides)
-
-
-@functools.lru_cache(maxsize=64)
-def _normalize_block_shape(
-    block_shape: int | tuple[int, ...], shape: tuple[int, int, int], dtype: np.dtype
-) -> Chunks:
-    # dask's normalisation takes longer than binning a thousand Gaussians does.
-    return da.core.normalize_chunks(block_shape, shape=shape, dtype=dtype)
-
-
-@dataclass(frozen=True, eq=False)
-class Plan:
-    """A validated, binned job: what both the lazy array and the Zarr writer start from.
-
-    Attributes
-    ----------
-    gaussians : Gaussians
-    binning : Binning
-    dtype : numpy.dtype
-    periodic : bool
-    token : str
-        Identifies the job: equal inputs, equal token.
-    """
-
-    gaussians: Gaussians
-    binning: Binning
-    dtype: np.dtype
-    periodic: bool
-    token: str
-
-
-def plan(
-    centres: ArrayLike,
-    sigma: ArrayLike,
-    grid: Grid,
-    *,
-    weights: ArrayLike | None = None,
-    normalize: str = "peak",
-    tol: float = 1e-6,
-    periodic: bool = False,
-    chunks: object = None,
-    dtype: DTypeLike = "float32",
-) -> Plan:
-    """Validate every argument of :func:`gaussian_sum` and bin the Gaussians."""
-    if not isinstance(grid, Grid):
-        raise TypeError(
-            f"grid must be a daskgauss.Grid (e.g. Grid.from_bounds(lower, upper, shape)), "
-            f"got {type(grid).__name__}"
-        )
-    if not isinstance(periodic, bool | np.bool_):
-        raise ValueError(f"periodic must be True or False, got {periodic!r}")
-    gaussians = prepare_gaussians(centres, sigma, weights=weights, normalize=normalize, tol=tol)
-    resolved = output_dtype(dtype)
-    normalised = block_chunks(chunks, grid.shape, resolved)
-    binning = bin_gaussians(gaussians, grid, normalised, periodic=bool(periodic))
-    # repr of floats round-trips exactly, so equal jobs, and only they, share a token.
-    job = (gaussians.fingerprint(), grid, normalised, bool(periodic), resolved.str)
-    token = hashlib.sha256(repr(job).encode()).hexdigest()[:32]
-    return Plan(gaussians, binning, resolved, bool(periodic), token)
+__all__ = ["gaussian_sum"]
 
 
 def _render_task(binning: Binning, index: tuple[int, int, int], dtype: str) -> np.ndarray:
@@ -224,7 +76,9 @@ def gaussian_sum(
     chunks : optional
         Output block shape, anything ``dask.array`` accepts. The values do not
         depend on it at all (bit for bit). Default: near-cubic blocks of about
-        ``daskgauss.block-bytes`` (64 MiB, 256^3 in float32).
+        ``daskgauss.block-bytes`` (64 MiB, 256^3 in float32); a volume of fewer than
+        8 such blocks is cut into x slabs of at least 4 MiB. The default depends on
+        the grid, the dtype and dask.config only, never on the machine.
     dtype : {"float32", "float64"}
         Output dtype; Gaussians are summed in it.
 
@@ -274,16 +128,9 @@ def gaussian_sum(
     0.606531
     """
     job = plan(
-        centres,
-        sigma,
-        grid,
-        weights=weights,
-        normalize=normalize,
-        tol=tol,
-        periodic=periodic,
-        chunks=chunks,
-        dtype=dtype,
-    )
+        Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
+                periodic=periodic, chunks=chunks, dtype=dtype)
+    )  # fmt: skip
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a
     # distributed cluster they are scattered to one worker now (workers fetch them
@@ -293,10 +140,11 @@ def gaussian_sum(
     # small volume takes to compute.
     client = active_client()
     shared = client.scatter(job.binning, hash=False) if client is not None else job.binning
-    binning_key = f"daskgauss-binning-{job.token}"
-    name = f"gaussian-sum-{job.token}"
+    spec = job.spec
+    binning_key = f"daskgauss-binning-{spec.token}"
+    name = f"gaussian-sum-{spec.token}"
     layer: dict = {binning_key: shared}
-    for index in np.ndindex(*job.binning.numblocks):
-        layer[(name, *index)] = (_render_task, binning_key, index, job.dtype.str)
+    for index in np.ndindex(*spec.numblocks):
+        layer[(name, *index)] = (_render_task, binning_key, index, spec.dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    return da.Array(graph, name, job.binning.chunks, meta=np.empty((0, 0, 0), dtype=job.dtype))
+    return da.Array(graph, name, spec.chunks, meta=np.empty((0, 0, 0), dtype=spec.dtype))

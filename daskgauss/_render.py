@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import dask
@@ -14,13 +14,25 @@ import zarr
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config
+from ._binning import BlockSources
 from ._block import render_block
 from ._cluster import active_client
 from ._grid import Grid
-from ._lazy import Plan, plan
-from ._store import Target, check_target, compressors_for, create_target, open_target_for_job
+from ._job import JobSpec
+from ._plan import Plan, Request, plan, with_store
+from ._store import (
+    StoreMismatchError,
+    Target,
+    check_creatable,
+    check_unit,
+    compressors_for,
+    create_target,
+    normalise_location,
+    open_target_for_job,
+    recorded_job,
+)
 
-__all__ = ["RenderJob", "RenderReport", "job_description", "prepare_render", "render_to_zarr"]
+__all__ = ["RenderJob", "RenderReport", "prepare_render", "render_to_zarr"]
 
 _buffers = threading.local()
 
@@ -67,18 +79,17 @@ def _block_buffer(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
     return buffer
 
 
-def _render_and_write(location: str, token: str, block_index: tuple[int, int, int]) -> int:
+def _render_and_write(location: str, spec: JobSpec, block_index: tuple[int, int, int]) -> int:
     """One task: render one block from the sidecar, write it; return its source count."""
-    target = open_target_for_job(location, token)
-    job = target.job
-    sources = target.read_sources(block_index)
-    slices = target.block_slices(block_index)
+    target = open_target_for_job(location, spec.token)
+    sources = BlockSources.from_table(target.source_rows(block_index))
+    slices = spec.block_slices(block_index)
     shape = tuple(s.stop - s.start for s in slices)
-    dtype = np.dtype(job["dtype"])
+    dtype = np.dtype(spec.dtype)
     values = render_block(
         sources,
-        target.grid,
-        job["tol"],
+        spec.grid,
+        spec.tol,
         np.array([s.start for s in slices], dtype=np.int64),
         shape,  # type: ignore[arg-type]
         dtype,
@@ -86,50 +97,6 @@ def _render_and_write(location: str, token: str, block_index: tuple[int, int, in
     )
     target.write_block(block_index, values)
     return sources.count
-
-
-def job_description(
-    job: Plan, unit: str | None, compression: str, normalize: str
-) -> dict[str, Any]:
-    """The JSON-ready description of a job that its store records.
-
-    Two runs are the same job exactly when their descriptions are equal; the
-    fingerprint covers every centre, sigma and amplitude.
-    """
-    from . import __version__
-
-    gaussians = job.gaussians
-    sigma = gaussians.sigma
-    block_shape = [axis[0] for axis in job.binning.chunks]
-    return {
-        "name": "daskgauss",
-        "format": 1,
-        "version": __version__,
-        "fingerprint": gaussians.fingerprint(),
-        "centres": gaussians.count,
-        "sigma": {
-            "min": float(sigma.min()) if sigma.size else None,
-            "max": float(sigma.max()) if sigma.size else None,
-            "mean": float(sigma.mean()) if sigma.size else None,
-        },
-        "tol": gaussians.tol,
-        "normalize": normalize,
-        "periodic": job.periodic,
-        "grid": job.binning.grid.to_dict(),
-        "dtype": job.dtype.name,
-        "block_shape": block_shape,
-        "unit": unit,
-        "compression": compression,
-    }
-
-
-def _require_regular(chunks: tuple[tuple[int, ...], ...]) -> None:
-    for axis, sizes in zip("xyz", chunks, strict=True):
-        if any(size != sizes[0] for size in sizes[:-1]) or sizes[-1] > sizes[0]:
-            raise ValueError(
-                f"chunks for Zarr output must be regular (equal blocks, a smaller last one); "
-                f"axis {axis} has {sizes}. Give one block size per axis."
-            )
 
 
 def _execute(tasks: list[Any], progress: bool) -> list[int]:
@@ -151,7 +118,10 @@ def _execute(tasks: list[Any], progress: bool) -> list[int]:
 
 
 def _record_run(target: Target, report: RenderReport) -> None:
+    from . import __version__
+
     record = asdict(report)
+    record["version"] = __version__
     record["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     attributes = dict(target.group.attrs["daskgauss"])
     attributes["runs"] = [*attributes.get("runs", []), record]
@@ -163,12 +133,25 @@ class RenderJob:
 
     Everything that can be wrong with the inputs or the store has been checked
     when this exists; nothing has been written yet.
+
+    Attributes
+    ----------
+    store : str
+        Where the store is (a local path or an fsspec URL).
+    plan : Plan
+        The validated, binned job; ``plan.spec`` is what the store records.
+    resume : bool
+        Whether the store holds this job already (to be continued).
+    overwrite : bool
+        Whether whatever is at ``store`` is to be replaced first.
+    data : zarr.Array or None
+        The volume, once :meth:`run` has created or opened the store.
     """
 
-    def __init__(self, store: str, job: Plan, description: dict[str, Any], overwrite: bool):
+    def __init__(self, store: str, job: Plan, *, resume: bool, overwrite: bool):
         self.store = store
         self.plan = job
-        self.description = description
+        self.resume = resume
         self.overwrite = overwrite
         self.data: zarr.Array | None = None
 
@@ -176,24 +159,23 @@ class RenderJob:
         """Create or resume the store, render the blocks not yet done, record the run."""
         started = time.perf_counter()
         binning = self.plan.binning
-        target, resumed = create_target(
-            self.store, job=self.description, token=self.plan.token, overwrite=self.overwrite
-        )
+        spec = self.plan.spec
+        target = create_target(self.store, spec=spec, overwrite=self.overwrite)
         # Later runs of the same object resume rather than overwrite.
-        self.overwrite = False
+        resumed, self.resume, self.overwrite = self.resume, True, False
         if not target.sources_complete():
-            target.write_sources(binning)
+            target.write_sources(*binning.source_table())
         done = target.done_mask()
-        counts = np.diff(binning.block_offsets).reshape(binning.numblocks)
+        counts = np.diff(binning.block_offsets).reshape(spec.numblocks)
         empty = np.argwhere(~done & (counts == 0))
         target.mark_done(empty)
         pending = [tuple(int(i) for i in index) for index in np.argwhere(~done & (counts > 0))]
         tasks = [
             dask.delayed(_render_and_write, pure=True)(
                 target.location,
-                self.plan.token,
+                spec,
                 index,
-                dask_key_name=f"daskgauss-render-{self.plan.token}-{index[0]}-{index[1]}-{index[2]}",
+                dask_key_name=f"daskgauss-render-{spec.token}-{index[0]}-{index[1]}-{index[2]}",
             )
             for index in pending
         ]
@@ -214,38 +196,38 @@ class RenderJob:
 
 def prepare_render(
     store: str,
-    centres: ArrayLike,
-    sigma: ArrayLike,
-    grid: Grid,
+    request: Request,
     *,
-    weights: ArrayLike | None = None,
-    normalize: str = "peak",
-    tol: float = 1e-6,
-    periodic: bool = False,
-    chunks: object = None,
-    dtype: DTypeLike = "float32",
     unit: str | None = None,
     compression: str | None = None,
     overwrite: bool = False,
 ) -> RenderJob:
-    """Validate a render and check its store, writing nothing; see :func:`render_to_zarr`."""
-    job = plan(
-        centres,
-        sigma,
-        grid,
-        weights=weights,
-        normalize=normalize,
-        tol=tol,
-        periodic=periodic,
-        chunks=chunks,
-        dtype=dtype,
-    )
-    _require_regular(job.binning.chunks)
+    """Validate a render and check its store, writing nothing; see :func:`render_to_zarr`.
+
+    Without explicit ``request.chunks`` a store that already holds a job lends it
+    its block shape, so a rerun resumes whatever the machine's defaults are.
+    """
+    check_unit(unit)
     codec = str(compression if compression is not None else _config.get("compression"))
     compressors_for(codec)
-    description = job_description(job, unit, codec, normalize)
-    check_target(str(store), job=description, overwrite=overwrite)
-    return RenderJob(str(store), job, description, overwrite)
+    location = normalise_location(store)
+    check_creatable(location)
+    recorded = None if overwrite else recorded_job(location)
+    if recorded is not None and request.chunks is None:
+        request = replace(request, chunks=recorded.block_shape)
+    job = with_store(plan(request), unit=unit, compression=codec)
+    if not job.spec.regular:
+        raise ValueError(
+            "chunks for Zarr output must be regular (equal blocks, a smaller last one on each "
+            f"axis); got {job.spec.chunks}. Give one block size per axis."
+        )
+    if recorded is not None and recorded != job.spec:
+        raise StoreMismatchError(
+            f"{location} holds a different daskgauss job "
+            f"({', '.join(recorded.differences(job.spec))}). Its data are left intact. "
+            "Use another path, or pass overwrite=True (--overwrite) to replace it."
+        )
+    return RenderJob(location, job, resume=recorded is not None, overwrite=overwrite)
 
 
 def render_to_zarr(
@@ -313,20 +295,8 @@ def render_to_zarr(
     Gaussian reaches are recorded without writing a chunk (they read as zeros).
     Each run is logged in the store's ``daskgauss.runs`` attribute.
     """
-    job = prepare_render(
-        store,
-        centres,
-        sigma,
-        grid,
-        weights=weights,
-        normalize=normalize,
-        tol=tol,
-        periodic=periodic,
-        chunks=chunks,
-        dtype=dtype,
-        unit=unit,
-        compression=compression,
-        overwrite=overwrite,
-    )
+    request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
+                      periodic=periodic, chunks=chunks, dtype=dtype)  # fmt: skip
+    job = prepare_render(store, request, unit=unit, compression=compression, overwrite=overwrite)
     job.run(progress=progress)
     return job.data  # type: ignore[return-value]

@@ -1,8 +1,9 @@
 """Zarr v3 storage: the output store's layout, metadata, completion record and sidecar.
 
-This module knows nothing about dask or the kernel. It creates and opens the store,
-writes and checks its metadata, records which blocks are done, and keeps the binned
-sources in a sidecar so that every block task reads only its own.
+This module knows nothing about dask, the kernel or the binning. It creates and opens
+the store, writes its metadata and reads back the job it records, records which blocks
+are done, and keeps a sidecar table of rows per block (the binned sources) so that
+every block task reads only its own.
 
 Layout of a store (an OME-NGFF 0.5 image group)::
 
@@ -10,13 +11,12 @@ Layout of a store (an OME-NGFF 0.5 image group)::
       zarr.json           group; attributes "ome" (multiscales) and "daskgauss" (the job)
       0/                  the volume, one chunk per dask block (all-zero chunks not written)
       blocks_done/        uint8 per block, 1 once its chunk is written (chunks of one flag)
-      sources/            the binned Gaussians: offsets, values, index (see write_sources)
+      sources/            rows per block: offsets and table (see write_sources)
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import pathlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,25 +27,27 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
-from ._binning import Binning, BlockSources
 from ._grid import Grid
+from ._job import JobSpec
 
 __all__ = [
     "SPACE_UNITS",
     "StoreMismatchError",
     "Target",
-    "check_target",
+    "check_creatable",
+    "check_unit",
     "compressors_for",
     "create_target",
     "location_exists",
     "open_target",
+    "recorded_job",
 ]
 
 DATA_PATH = "0"
 DONE_PATH = "blocks_done"
 SOURCES_PATH = "sources"
 AXES = ("x", "y", "z")
-# Rows of the sidecar per zarr chunk: 64 Ki rows of 7 float64 values is 3.5 MiB.
+# Rows of the sidecar per zarr chunk: 64 Ki rows of 13 float64 values is 6.5 MiB.
 SOURCE_ROWS_PER_CHUNK = 65536
 
 # Space units OME-NGFF accepts (UDUNITS-2 names).
@@ -65,10 +67,9 @@ def compressors_for(name: str) -> list[Any] | None:
     """Chunk compressors by name.
 
     ``lz4`` (the default, blosc with byte shuffle) is the fastest codec that still
-    compresses: on a dense 256^3 float32 field it wrote at about 60 % of raw speed
-    for a 1.2x ratio, where zstd wrote at 30 % for 1.08x, and it shrinks the exact
-    zeros of sparse volumes (molecules in a large box) to almost nothing. ``none``
-    writes raw bytes, fastest of all; ``zstd`` compresses dense fields best.
+    compresses, and it shrinks the exact zeros of sparse volumes (molecules in a
+    large box) to almost nothing. ``none`` writes raw bytes, fastest of all; ``zstd``
+    compresses dense fields best. benchmarks/RESULTS.md has the measurements.
     """
     if name == "none":
         return None
@@ -93,7 +94,7 @@ def normalise_location(location: str | Any) -> str:
     return text
 
 
-def _check_creatable(location: str) -> None:
+def check_creatable(location: str) -> None:
     """Refuse a local store path whose parent is a file (nothing could be created)."""
     if "://" in location:
         return
@@ -145,12 +146,12 @@ def ngff_attributes(grid: Grid, unit: str | None, name: str) -> dict[str, Any]:
     }
 
 
-def _describe_difference(recorded: dict[str, Any], wanted: dict[str, Any]) -> str:
-    keys = sorted(set(recorded) | set(wanted))
-    different = [key for key in keys if recorded.get(key) != wanted.get(key)]
-    return ", ".join(
-        f"{key}: store has {recorded.get(key)!r}, job has {wanted.get(key)!r}" for key in different
-    )
+def check_unit(unit: str | None) -> None:
+    """Refuse a unit that OME-NGFF does not know."""
+    if unit is not None and unit not in SPACE_UNITS:
+        raise ValueError(
+            f"unit must be an OME-NGFF space unit such as 'angstrom' or 'nanometer'; got {unit!r}"
+        )
 
 
 @dataclass(frozen=True, eq=False)
@@ -174,14 +175,19 @@ class Target:
     done: zarr.Array
 
     @property
-    def job(self) -> dict[str, Any]:
-        """The job description recorded in the store."""
+    def record(self) -> dict[str, Any]:
+        """The job as the store records it (JSON), for people and tools reading it."""
         return dict(self.group.attrs["daskgauss"]["job"])
+
+    @functools.cached_property
+    def spec(self) -> JobSpec:
+        """The job the store records."""
+        return JobSpec.from_json(self.record)
 
     @property
     def grid(self) -> Grid:
-        """The grid recorded in the store."""
-        return Grid.from_dict(self.job["grid"])
+        """The grid recorded in the store (read from any store format)."""
+        return Grid.from_dict(self.record["grid"])
 
     @property
     def block_shape(self) -> tuple[int, int, int]:
@@ -235,24 +241,17 @@ class Target:
         except KeyError:
             return False
 
-    def write_sources(self, binning: Binning) -> None:
-        """Store the binned sources so that each block task reads only its own rows.
+    def write_sources(self, offsets: np.ndarray, table: np.ndarray) -> None:
+        """Store a table of float64 rows per block, for :meth:`source_rows` to read back.
 
-        ``offsets`` (blocks + 1) delimit each block's rows of ``table``, float64
-        columns x, y, z, sigma x, y, z, amplitude, then the inclusive sample index
-        ranges low x, y, z, high x, y, z (integers, exact in float64). One table
-        means one read per task. ``complete`` is set last.
+        Block ``b`` (C-order flat index) owns rows ``offsets[b]:offsets[b + 1]`` of
+        ``table``: one table means one read per task. ``complete`` is set last.
         """
-        table = np.concatenate(
-            [binning.positions, binning.sigma, binning.amplitude[:, None],
-             binning.index_low, binning.index_high], axis=1,
-        )  # fmt: skip
         sources = self.group.create_group(SOURCES_PATH, overwrite=True)
-        offsets = sources.create_array(
-            "offsets", shape=binning.block_offsets.shape, dtype="int64",
-            chunks=binning.block_offsets.shape,
-        )  # fmt: skip
-        offsets[...] = binning.block_offsets
+        stored_offsets = sources.create_array(
+            "offsets", shape=offsets.shape, dtype="int64", chunks=offsets.shape
+        )
+        stored_offsets[...] = offsets
         stored = sources.create_array(
             "table", shape=table.shape, dtype="float64",
             chunks=(min(SOURCE_ROWS_PER_CHUNK, max(table.shape[0], 1)), table.shape[1]),
@@ -262,18 +261,11 @@ class Target:
             stored[...] = table
         sources.attrs["complete"] = True
 
-    def read_sources(self, block_index: Sequence[int]) -> BlockSources:
-        """The sources of one block, read from the sidecar."""
+    def source_rows(self, block_index: Sequence[int]) -> np.ndarray:
+        """The sidecar rows of one block."""
         offsets, table = _open_sources(self.location, self.group.attrs["daskgauss"]["token"])
         flat = int(np.ravel_multi_index(tuple(block_index), self.numblocks))
-        rows = np.asarray(table[int(offsets[flat]) : int(offsets[flat + 1])])
-        return BlockSources(
-            positions=np.ascontiguousarray(rows[:, 0:3]),
-            sigma=np.ascontiguousarray(rows[:, 3:6]),
-            amplitude=np.ascontiguousarray(rows[:, 6]),
-            index_low=rows[:, 7:10].astype(np.int64),
-            index_high=rows[:, 10:13].astype(np.int64),
-        )
+        return np.asarray(table[int(offsets[flat]) : int(offsets[flat + 1])])
 
 
 def _all_zero(values: np.ndarray) -> bool:
@@ -333,26 +325,19 @@ def _open_job_group(location: str) -> zarr.Group:
     return group
 
 
-def check_target(location: str, *, job: dict[str, Any], overwrite: bool) -> bool:
-    """Whether ``location`` can take ``job``, without writing anything.
-
-    Returns True when the store holds this very job (to be resumed), False when the
-    location is free or is to be overwritten.
+def recorded_job(location: str) -> JobSpec | None:
+    """The job the store at ``location`` records, or None where nothing is there.
 
     Raises
     ------
     StoreMismatchError
-        Something else is at ``location`` and ``overwrite`` is False.
+        Something is at ``location`` that is not a daskgauss store.
+    StoreFormatError
+        A daskgauss store of another format is there.
     """
-    unit = job.get("unit")
-    if unit is not None and unit not in SPACE_UNITS:
-        raise ValueError(
-            f"unit must be an OME-NGFF space unit such as 'angstrom' or 'nanometer'; got {unit!r}"
-        )
     location = normalise_location(location)
-    _check_creatable(location)
-    if overwrite or not location_exists(location):
-        return False
+    if not location_exists(location):
+        return None
     try:
         group = _open_job_group(location)
     except StoreMismatchError as error:
@@ -360,77 +345,55 @@ def check_target(location: str, *, job: dict[str, Any], overwrite: bool) -> bool
             f"{error}; refusing to touch it. Choose another path or pass overwrite=True "
             "(--overwrite) to replace it."
         ) from None
-    recorded = dict(group.attrs["daskgauss"]["job"])
-    if recorded != job:
-        raise StoreMismatchError(
-            f"{location} holds a different daskgauss job "
-            f"({_describe_difference(recorded, job)}). Its data are left intact. "
-            "Use another path, or pass overwrite=True (--overwrite) to replace it."
-        )
-    return True
+    return JobSpec.from_json(dict(group.attrs["daskgauss"]["job"]))
 
 
-def create_target(
-    location: str, *, job: dict[str, Any], token: str, overwrite: bool
-) -> tuple[Target, bool]:
-    """Create the store for a job, or reopen it to resume the identical job.
+def create_target(location: str, *, spec: JobSpec, overwrite: bool) -> Target:
+    """Create the store of a job, or open it to resume the same job.
+
+    The caller has checked, with :func:`recorded_job`, that ``location`` is free,
+    holds this very job, or is to be replaced (``overwrite``).
 
     Parameters
     ----------
     location : str
         Path or fsspec URL.
-    job : dict
-        JSON-ready description of the job (see ``job_description``): its grid,
-        dtype, block shape, unit and compression shape the store, and resuming
-        requires the recorded description to be equal.
-    token : str
-        Identifier of the job (equal jobs, equal tokens).
+    spec : JobSpec
+        The job: its grid, dtype, blocks, unit and codec shape the store.
     overwrite : bool
-        Replace whatever is at ``location``. Without it, a store holding a
-        different job (or anything that is not a daskgauss store) is refused and
-        left untouched.
-
-    Returns
-    -------
-    (Target, bool)
-        The target, and whether it resumes an existing store.
+        Replace whatever is at ``location``.
     """
-    grid = Grid.from_dict(job["grid"])
-    block_shape = tuple(job["block_shape"])
     location = normalise_location(location)
-    compressors = compressors_for(job["compression"])
-    resumed = check_target(location, job=job, overwrite=overwrite)
-    if resumed:
+    if overwrite:
+        remove_location(location)
+    if location_exists(location):
         group = _open_job_group(location)
     else:
-        if overwrite:
-            remove_location(location)
         group = zarr.create_group(location, zarr_format=3, attributes={
-            "ome": ngff_attributes(grid, job["unit"], name=job["name"]),
-            "daskgauss": {"job": job, "token": token, "runs": []},
+            "ome": ngff_attributes(spec.grid, spec.unit, name="daskgauss"),
+            "daskgauss": {"job": spec.to_json(), "token": spec.token, "runs": []},
         })  # fmt: skip
     # Arrays are created only where missing, so a job killed while creating its
     # store resumes like any other.
     if DATA_PATH not in group:
         group.create_array(
             DATA_PATH,
-            shape=grid.shape,
-            chunks=block_shape,
-            dtype=job["dtype"],
+            shape=spec.grid.shape,
+            chunks=spec.block_shape,
+            dtype=spec.dtype,
             fill_value=0,
-            compressors=compressors,
+            compressors=compressors_for(str(spec.compression)),
             dimension_names=list(AXES),
             config={"write_empty_chunks": False},
         )
     if DONE_PATH not in group:
-        numblocks = tuple(math.ceil(n / b) for n, b in zip(grid.shape, block_shape, strict=True))
         group.create_array(
             DONE_PATH,
-            shape=numblocks,
+            shape=spec.numblocks,
             chunks=(1, 1, 1),
             dtype="uint8",
             fill_value=0,
             compressors=None,
             dimension_names=list(AXES),
         )
-    return _target_from_group(location, zarr.open_group(location, mode="r+")), resumed
+    return _target_from_group(location, zarr.open_group(location, mode="r+"))

@@ -6,18 +6,21 @@ import json
 import pathlib
 import sys
 import time
+import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import click
 import numpy as np
 
-from ._centres_io import CentresFileError, is_number, read_centres
+from ._centres_io import is_number, read_centres
 from ._cluster import ClusterError, connect
 from ._export import export_mrc, preview_png, store_summary
+from ._extras import MissingExtraError
 from ._grid import Grid
+from ._plan import Request
 from ._render import prepare_render
-from ._store import SPACE_UNITS, StoreMismatchError
+from ._store import SPACE_UNITS
 
 __all__ = ["main"]
 
@@ -25,18 +28,22 @@ __all__ = ["main"]
 _PER_AXIS_OPTIONS = (
     "--shape", "--lower", "--upper", "--origin", "--spacing", "--chunks", "--sigma",
 )  # fmt: skip
-# Errors that are the user's to fix: reported in one line, no traceback.
+# Errors that are the user's to fix: reported in one line, no traceback. ValueError
+# is what daskgauss raises for bad input (StoreMismatchError, StoreFormatError and
+# CentresFileError are ValueErrors); the OS errors are paths a user can fix. Anything
+# else is a bug: main() shows its traceback and asks for a report.
 _USER_ERRORS = (
     ValueError,
-    TypeError,
-    CentresFileError,
-    StoreMismatchError,
     ClusterError,
+    MissingExtraError,
     FileNotFoundError,
     FileExistsError,
     NotADirectoryError,
-    ImportError,
+    IsADirectoryError,
+    PermissionError,
 )
+# Exit status of an internal error (BSD's EX_SOFTWARE); user errors exit with 1.
+EXIT_INTERNAL_ERROR = 70
 
 
 def join_per_axis_values(arguments: Sequence[str]) -> list[str]:
@@ -181,7 +188,9 @@ def cli() -> None:
     "--chunks",
     callback=_per_axis(_positive_int),
     metavar="C [C C]",
-    help="Block (and Zarr chunk) size; default about 64 MiB per block.",
+    help="Block (and Zarr chunk) size. Default: near-cubic blocks of about 64 MiB, cut "
+    "into x slabs (at least 4 MiB) when that makes fewer than 8; a store being resumed "
+    "keeps its own.",
 )
 @click.option(
     "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
@@ -209,7 +218,7 @@ def cli() -> None:
     "--threads-per-worker",
     type=click.IntRange(min=1),
     default=None,
-    help="Local cluster: threads per worker (default: cores / workers).",
+    help="Local cluster: threads per worker (default: 2 x cores / workers).",
 )
 @click.option(
     "--scheduler",
@@ -265,8 +274,7 @@ def render(
             )  # fmt: skip
         if isinstance(sigma, tuple):
             sigma = np.array([sigma])
-        job = prepare_render(
-            store,
+        request = Request(
             data.centres,
             sigma if sigma is not None else data.sigma,
             grid,
@@ -276,9 +284,9 @@ def render(
             periodic=periodic,
             chunks=chunks,
             dtype=dtype,
-            unit=unit,
-            compression=compression,
-            overwrite=overwrite,
+        )
+        job = prepare_render(
+            store, request, unit=unit, compression=compression, overwrite=overwrite
         )
         with connect(
             scheduler=scheduler,
@@ -407,5 +415,21 @@ def demo_centres(output: str, count: int, box: float, seed: int) -> None:
 
 
 def main(arguments: Sequence[str] | None = None) -> None:
-    """Entry point of the ``daskgauss`` command."""
-    cli.main(args=list(sys.argv[1:] if arguments is None else arguments), prog_name="daskgauss")
+    """Entry point of the ``daskgauss`` command.
+
+    User errors print one line and exit with status 1 (click's habit). Anything
+    else is a bug in daskgauss: its full traceback is printed, with a request to
+    report it, and the exit status is :data:`EXIT_INTERNAL_ERROR`.
+    """
+    try:
+        cli.main(args=list(sys.argv[1:] if arguments is None else arguments),
+                 prog_name="daskgauss")  # fmt: skip
+    except Exception:
+        traceback.print_exc()
+        click.echo(
+            "\ndaskgauss hit an internal error: a bug, not a problem with your input. Please "
+            "report it to the daskgauss developers with the traceback above and the command "
+            "you ran.",
+            err=True,
+        )
+        sys.exit(EXIT_INTERNAL_ERROR)

@@ -422,15 +422,28 @@ def test_grid_must_be_a_grid():
         dg.gaussian_sum(np.zeros((1, 3)), 1.0, (10, 10, 10))
 
 
-def test_default_chunks_are_large_and_regular():
-    grid = dg.Grid(shape=(1000, 600, 40))
-    volume = dg.gaussian_sum(np.zeros((1, 3)), 1.0, grid)
-    block = volume.chunksize
-    assert block[2] == 40
-    assert 32 * 2**20 <= np.prod(block) * 4 <= 64 * 2**20
-    with dask.config.set({"daskgauss.block-bytes": "8 MiB"}):
-        smaller = dg.gaussian_sum(np.zeros((1, 3)), 1.0, grid)
-    assert np.prod(smaller.chunksize) * 4 <= 8 * 2**20
+@pytest.mark.parametrize("workers", [1, 2, 16])
+def test_default_chunks_follow_the_grid_and_config_never_the_machine(workers):
+    with dask.config.set(num_workers=workers):
+        # Large volume: near-cubic blocks of about 64 MiB, sides multiples of 16.
+        big = dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=(1024, 1000, 600)))
+        # Fewer than 8 blocks: x slabs, halved until 8 blocks ...
+        cube = dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=256))
+        # ... but never below 4 MiB a slab.
+        small = dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=128))
+        tiny = dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=(64, 64, 64)))
+        flat = dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=(1000, 600, 40)))
+        with dask.config.set({"daskgauss.block-bytes": "8 MiB"}):
+            smaller = dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=(1024, 1000, 600)))
+    assert big.chunksize == (256, 256, 256)
+    assert cube.chunksize == (32, 256, 256)
+    assert cube.numblocks == (8, 1, 1)
+    assert small.chunksize == (64, 128, 128)
+    assert small.numblocks == (2, 1, 1)
+    assert tiny.numblocks == (1, 1, 1)
+    # 1000 x 600 x 40: z and y whole, x 688 (64 MiB), then halved to 86 for 12 blocks.
+    assert flat.chunksize == (86, 600, 40)
+    assert smaller.chunksize == (128, 128, 128)
 
 
 @pytest.mark.parametrize("module", ["daskgauss._lazy", "daskgauss._grid"])

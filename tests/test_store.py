@@ -7,16 +7,28 @@ import pytest
 import zarr
 
 import daskgauss as dg
-from daskgauss._binning import bin_gaussians
+from daskgauss._binning import BlockSources, bin_gaussians
 from daskgauss._gaussians import prepare_gaussians
+from daskgauss._job import JobSpec, StoreFormatError, regular_chunks
 from daskgauss._store import (
     StoreMismatchError,
-    check_target,
+    check_unit,
     create_target,
     location_exists,
     normalise_location,
     open_target,
+    recorded_job,
 )
+
+
+def make_spec(grid, block_shape, dtype="float32", compression="none", **changes) -> JobSpec:
+    """A job spec for store tests that need a store, not Gaussians."""
+    arguments = {
+        "grid": grid, "fingerprint": "f" * 64, "centres": 0, "sigma_range": None, "tol": 1e-6,
+        "normalize": "peak", "periodic": False, "dtype": dtype,
+        "chunks": regular_chunks(grid.shape, block_shape), "compression": compression,
+    }  # fmt: skip
+    return JobSpec(**(arguments | changes))
 
 
 @pytest.fixture
@@ -62,7 +74,10 @@ def test_job_parameters_recorded(rendered):
     assert job["dtype"] == "float32"
     assert job["block_shape"] == [8, 8, 8]
     assert job["unit"] == "nanometer"
-    assert job["version"] == dg.__version__
+    assert job["format"] == 2
+    assert "version" not in job  # the package version is in the run log, not the identity
+    (run,) = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]
+    assert run["version"] == dg.__version__
     assert len(job["fingerprint"]) == 64
 
 
@@ -95,25 +110,21 @@ def test_sources_sidecar_round_trips_every_block(tmp_path, rng):
                                   weights=rng.normal(size=300))  # fmt: skip
     chunks = ((8, 8, 8), (7, 7, 6), (16,))
     binning = bin_gaussians(gaussians, grid, chunks)
-    job = {"name": "daskgauss", "grid": grid.to_dict(), "block_shape": [8, 7, 16],
-           "dtype": "float64", "unit": None, "compression": "lz4"}  # fmt: skip
-    target, resumed = create_target(tmp_path / "s.zarr", job=job, token="t1", overwrite=False)
-    assert not resumed
+    spec = make_spec(grid, (8, 7, 16), "float64", "lz4")
+    target = create_target(tmp_path / "s.zarr", spec=spec, overwrite=False)
     assert not target.sources_complete()
-    target.write_sources(binning)
+    target.write_sources(*binning.source_table())
     assert target.sources_complete()
     for index in np.ndindex(*binning.numblocks):
         expected = binning.block_sources(index)
-        stored = target.read_sources(index)
+        stored = BlockSources.from_table(target.source_rows(index))
         for field in ("positions", "sigma", "amplitude", "index_low", "index_high"):
             np.testing.assert_array_equal(getattr(stored, field), getattr(expected, field))
 
 
 def test_done_record_and_block_writes(tmp_path):
     grid = dg.Grid(shape=(10, 9, 8))
-    job = {"name": "daskgauss", "grid": grid.to_dict(), "block_shape": [4, 4, 4],
-           "dtype": "float32", "unit": None, "compression": "none"}  # fmt: skip
-    target, _ = create_target(tmp_path / "d.zarr", job=job, token="t", overwrite=False)
+    target = create_target(tmp_path / "d.zarr", spec=make_spec(grid, (4, 4, 4)), overwrite=False)
     assert target.numblocks == (3, 3, 2)
     assert not target.done_mask().any()
     target.write_block((2, 2, 1), np.full((2, 1, 4), 7.0, dtype=np.float32))
@@ -128,9 +139,8 @@ def test_done_record_and_block_writes(tmp_path):
 
 def test_all_zero_blocks_are_recorded_done_without_a_chunk(tmp_path):
     grid = dg.Grid(shape=(8, 8, 8))
-    job = {"name": "daskgauss", "grid": grid.to_dict(), "block_shape": [4, 4, 4],
-           "dtype": "float32", "unit": None, "compression": "lz4"}  # fmt: skip
-    target, _ = create_target(tmp_path / "z.zarr", job=job, token="t", overwrite=False)
+    spec = make_spec(grid, (4, 4, 4), compression="lz4")
+    target = create_target(tmp_path / "z.zarr", spec=spec, overwrite=False)
     target.write_block((0, 0, 0), np.zeros((4, 4, 4), dtype=np.float32))
     target.write_block((0, 0, 1), np.full((4, 4, 4), -0.0, dtype=np.float32))
     late = np.zeros((4, 4, 4), dtype=np.float32)
@@ -157,19 +167,44 @@ def test_all_zero_finds_a_single_non_zero_anywhere(position):
     assert _all_zero(np.zeros((5, 7, 3), dtype=np.float64))
 
 
-def test_check_target_decides_without_writing(tmp_path):
-    job = {"name": "daskgauss", "grid": dg.Grid(shape=4).to_dict(), "block_shape": [4, 4, 4],
-           "dtype": "float32", "unit": None, "compression": "none"}  # fmt: skip
+def test_recorded_job_reads_without_writing(tmp_path):
+    spec = make_spec(dg.Grid(shape=4), (4, 4, 4))
     location = tmp_path / "c.zarr"
-    assert check_target(location, job=job, overwrite=False) is False
+    assert recorded_job(location) is None
     assert not location.exists()
-    create_target(location, job=job, token="t", overwrite=False)
-    assert check_target(location, job=job, overwrite=False) is True
-    with pytest.raises(StoreMismatchError, match="dtype: store has 'float32', job has 'float64'"):
-        check_target(location, job=job | {"dtype": "float64"}, overwrite=False)
-    assert check_target(location, job=job | {"dtype": "float64"}, overwrite=True) is False
+    create_target(location, spec=spec, overwrite=False)
+    before = sorted(p.as_posix() for p in location.rglob("*"))
+    assert recorded_job(location) == spec
+    assert sorted(p.as_posix() for p in location.rglob("*")) == before
+    (location.parent / "other").mkdir()
+    (location.parent / "other" / "notes.txt").write_text("mine")
+    with pytest.raises(StoreMismatchError, match="refusing to touch it"):
+        recorded_job(location.parent / "other")
+    assert (location.parent / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_a_store_of_another_format_is_refused_with_its_readers(tmp_path):
+    location = tmp_path / "old.zarr"
+    create_target(location, spec=make_spec(dg.Grid(shape=4), (4, 4, 4)), overwrite=False)
+    group = zarr.open_group(str(location), mode="r+")
+    attributes = dict(group.attrs["daskgauss"])
+    attributes["job"] = dict(attributes["job"]) | {"format": 1, "version": "0.1.0"}
+    group.attrs["daskgauss"] = attributes
+    with pytest.raises(StoreFormatError, match=r"format 1.*resumed with daskgauss 0\.1\.x"):
+        recorded_job(location)
+    attributes["job"] = dict(attributes["job"]) | {"format": 7}
+    group.attrs["daskgauss"] = attributes
+    with pytest.raises(StoreFormatError, match="a newer daskgauss wrote it: upgrade"):
+        recorded_job(location)
+    # Reading it for people (info, export) still works: the layout is the same.
+    assert open_target(location).grid == dg.Grid(shape=4)
+
+
+def test_unknown_units_are_refused():
+    check_unit("angstrom")
+    check_unit(None)
     with pytest.raises(ValueError, match="unit must be an OME-NGFF space unit"):
-        check_target(location, job=job | {"unit": "furlong"}, overwrite=False)
+        check_unit("furlong")
 
 
 def test_locations(tmp_path):

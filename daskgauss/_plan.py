@@ -1,0 +1,222 @@
+"""Planning: from what a user asked for to a validated, binned job and its spec.
+
+Both front doors, the lazy array (``_lazy``) and the Zarr renderer (``_render``),
+start here. A :class:`Request` carries the arguments the two share, unvalidated;
+:func:`plan` validates all of them, chooses the blocks, bins the Gaussians once and
+describes the job in a :class:`~daskgauss._job.JobSpec`.
+
+Default blocks
+--------------
+Chosen from the grid, the dtype and dask.config alone, never from the machine, so
+that a lazy array has the same chunks everywhere and a store started on a laptop
+resumes on a cluster:
+
+1. near-cubic blocks of about ``daskgauss.block-bytes`` (64 MiB: 256^3 float32),
+   sides a multiple of 16, an axis shorter than the block side taken whole;
+2. a volume of fewer than ``daskgauss.min-blocks`` (8) such blocks is cut into x
+   slabs, halving them until it has that many or a slab would be smaller than
+   ``daskgauss.smallest-split-bytes`` (4 MiB), so that small volumes still run on
+   several cores and tiny ones are not cut into blocks that cost more in task
+   overhead than they save.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, replace
+
+import dask.array as da
+import dask.utils
+import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
+
+from . import _config
+from ._binning import Binning, bin_gaussians
+from ._gaussians import Gaussians, prepare_gaussians
+from ._grid import Grid
+from ._job import Chunks, JobSpec
+
+__all__ = [
+    "Plan",
+    "Request",
+    "block_chunks",
+    "default_block_shape",
+    "output_dtype",
+    "plan",
+    "with_store",
+]
+
+# Default block sides are multiples of this, so that the kernel's slabs of planes
+# (SLAB = 8) and vector rows fill them evenly.
+_BLOCK_MULTIPLE = 16
+
+
+@dataclass(frozen=True)
+class Request:
+    """The arguments :func:`~daskgauss.gaussian_sum` and :func:`~daskgauss.render_to_zarr`
+    share, as the user gave them (see ``gaussian_sum`` for each). Validated by :func:`plan`.
+    """
+
+    centres: ArrayLike
+    sigma: ArrayLike
+    grid: Grid
+    weights: ArrayLike | None = None
+    normalize: str = "peak"
+    tol: float = 1e-6
+    periodic: bool = False
+    chunks: object = None
+    dtype: DTypeLike = "float32"
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """A validated, binned job: what both the lazy array and the Zarr writer start from.
+
+    Attributes
+    ----------
+    gaussians : Gaussians
+    binning : Binning
+    spec : JobSpec
+        What decides the job's values; ``spec.token`` names it.
+    """
+
+    gaussians: Gaussians
+    binning: Binning
+    spec: JobSpec
+
+
+def output_dtype(dtype: DTypeLike) -> np.dtype:
+    """``dtype`` as a numpy dtype, if it is float32 or float64."""
+    try:
+        resolved = np.dtype(dtype)
+    except TypeError:
+        resolved = None
+    if resolved not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"dtype must be float32 or float64, got {dtype!r}")
+    return resolved
+
+
+def default_block_shape(shape: tuple[int, int, int], itemsize: int) -> tuple[int, int, int]:
+    """The default block for a grid of ``shape`` and items of ``itemsize`` bytes.
+
+    See the module docstring for the rule; it reads dask.config, nothing else.
+    """
+    block = _near_cubic_block(shape, itemsize)
+    min_blocks = int(_config.get("min-blocks"))
+    smallest = dask.utils.parse_bytes(_config.get("smallest-split-bytes"))
+    blocks = _block_count(shape, block)
+    while (
+        blocks < min_blocks
+        and block[0] > 1
+        and math.ceil(block[0] / 2) * block[1] * block[2] * itemsize >= smallest
+    ):
+        block = (math.ceil(block[0] / 2), block[1], block[2])
+        blocks = _block_count(shape, block)
+    return block
+
+
+def _block_count(shape: tuple[int, int, int], block: tuple[int, int, int]) -> int:
+    return math.prod(math.ceil(n / b) for n, b in zip(shape, block, strict=True))
+
+
+def _near_cubic_block(shape: tuple[int, int, int], itemsize: int) -> tuple[int, int, int]:
+    budget = dask.utils.parse_bytes(_config.get("block-bytes")) / itemsize
+    block = [0, 0, 0]
+    remaining = sorted(range(3), key=lambda d: shape[d])
+    while remaining:
+        # The small excess keeps exact powers (64 MiB / 4 B = 256^3) from rounding down.
+        side = budget ** (1 / len(remaining)) * (1 + 1e-9)
+        axis = remaining.pop(0)
+        if shape[axis] <= side:
+            block[axis] = shape[axis]
+        else:
+            block[axis] = max(_BLOCK_MULTIPLE, int(side) // _BLOCK_MULTIPLE * _BLOCK_MULTIPLE)
+            block[axis] = min(block[axis], shape[axis])
+        budget /= block[axis]
+    return tuple(block)  # type: ignore[return-value]
+
+
+def block_chunks(chunks: object, shape: tuple[int, int, int], dtype: np.dtype) -> Chunks:
+    """Normalise ``chunks`` (anything dask accepts, or None for the default) for ``shape``."""
+    if chunks is None:
+        chunks = default_block_shape(shape, dtype.itemsize)
+    try:
+        if _is_block_shape(chunks):
+            normalised = _normalize_block_shape(chunks, shape, dtype)
+        else:
+            normalised = da.core.normalize_chunks(chunks, shape=shape, dtype=dtype)
+    except (ValueError, TypeError, IndexError) as error:
+        raise ValueError(
+            f"chunks {chunks!r} do not fit a grid of shape {shape}: {error}. Give one block "
+            "size per axis (e.g. 128 or (128, 128, 64)), explicit sizes per axis that sum to "
+            "the shape, or 'auto'."
+        ) from None
+    if len(normalised) != 3 or any(size < 1 for axis in normalised for size in axis):
+        raise ValueError(f"chunks {chunks!r} must give positive block sizes on all three axes")
+    return normalised  # type: ignore[return-value]
+
+
+def _is_block_shape(chunks: object) -> bool:
+    """Whether ``chunks`` is one block side or a tuple of them: a cacheable form."""
+    sides = chunks if isinstance(chunks, tuple) else (chunks,)
+    return all(isinstance(side, int) and not isinstance(side, bool) for side in sides)
+
+
+@functools.lru_cache(maxsize=64)
+def _normalize_block_shape(
+    block_shape: int | tuple[int, ...], shape: tuple[int, int, int], dtype: np.dtype
+) -> Chunks:
+    # dask's normalisation takes longer than binning a thousand Gaussians does.
+    return da.core.normalize_chunks(block_shape, shape=shape, dtype=dtype)
+
+
+def plan(request: Request) -> Plan:
+    """Validate every argument of a request, choose the blocks and bin the Gaussians.
+
+    Raises
+    ------
+    TypeError
+        ``grid`` is not a :class:`Grid`.
+    ValueError
+        Anything else the user gave is not valid; the message names it.
+    """
+    grid = request.grid
+    if not isinstance(grid, Grid):
+        raise TypeError(
+            f"grid must be a daskgauss.Grid (e.g. Grid.from_bounds(lower, upper, shape)), "
+            f"got {type(grid).__name__}"
+        )
+    if not isinstance(request.periodic, bool | np.bool_):
+        raise ValueError(f"periodic must be True or False, got {request.periodic!r}")
+    periodic = bool(request.periodic)
+    gaussians = prepare_gaussians(
+        request.centres,
+        request.sigma,
+        weights=request.weights,
+        normalize=request.normalize,
+        tol=request.tol,
+    )
+    dtype = output_dtype(request.dtype)
+    chunks = block_chunks(request.chunks, grid.shape, dtype)
+    binning = bin_gaussians(gaussians, grid, chunks, periodic=periodic)
+    sigma = gaussians.sigma
+    spec = JobSpec(
+        grid=grid,
+        fingerprint=gaussians.fingerprint(),
+        centres=gaussians.count,
+        sigma_range=(float(sigma.min()), float(sigma.max()), float(sigma.mean()))
+        if sigma.size
+        else None,
+        tol=gaussians.tol,
+        normalize=request.normalize,
+        periodic=periodic,
+        dtype=dtype.name,
+        chunks=chunks,
+    )
+    return Plan(gaussians, binning, spec)
+
+
+def with_store(job: Plan, *, unit: str | None, compression: str) -> Plan:
+    """The same plan with the unit and codec of the store it is written to."""
+    return replace(job, spec=replace(job.spec, unit=unit, compression=compression))
