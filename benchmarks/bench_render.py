@@ -7,6 +7,7 @@ Run from the repository root (outputs go to --scratch, default /work/daskgauss-b
     .venv/bin/python -m benchmarks.bench_render small-chunks   # 768^3 in 128^3 blocks
     .venv/bin/python -m benchmarks.bench_render workers  # 768^3 on 1 and 2 worker processes
     .venv/bin/python -m benchmarks.bench_render overhead # per-task overhead with 64^3 blocks
+    .venv/bin/python -m benchmarks.bench_render memory   # peak RSS per worker thread, 256^3 blocks
 
 Inputs as everywhere: centres uniform in [-50, 50]^3 (seeded), sigma = 1, tol = 1e-6,
 the grid linspace(-50, 50, n) per axis. The render runs as users run it, the CLI in a
@@ -190,7 +191,9 @@ def report(label: str, result: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("case", choices=["floor", "big", "small-chunks", "workers", "overhead"])
+    parser.add_argument(
+        "case", choices=["floor", "big", "small-chunks", "workers", "overhead", "memory"]
+    )
     parser.add_argument("--scratch", type=Path, default=Path("/work/daskgauss-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the stores")
     options = parser.parse_args()
@@ -207,6 +210,20 @@ def main() -> None:
     elif options.case == "small-chunks":
         result = run_cli(scratch, 768, "--chunks", "128")
         report("768^3, chunks 128", result)
+    elif options.case == "memory":
+        # One worker process, 1, 2 and 4 threads, 256^3 float32 blocks (64 MiB): the
+        # worker's peak grows by what each thread holds.
+        peaks = []
+        for threads in (1, 2, 4):
+            flags = ["--chunks", "256", "--workers", "1", "--threads-per-worker", str(threads)]
+            result = run_cli(scratch, 1024, *flags, name=f"t{threads}.zarr")
+            report(f"1024^3, blocks 256^3, 1 worker x {threads} threads", result)
+            peaks.append(max(result["worker_peaks_gib"]))
+            shutil.rmtree(result["store"], ignore_errors=True)
+        per_thread = (peaks[2] - peaks[0]) / 3
+        print(f"worker peak {peaks[0]:.2f} / {peaks[1]:.2f} / {peaks[2]:.2f} GiB with 1 / 2 / 4 "
+              f"threads: {per_thread:.3f} GiB per thread ({per_thread * 1024 / 64:.1f} blocks "
+              f"of 64 MiB), {peaks[0] - per_thread:.2f} GiB for the process itself")  # fmt: skip
     elif options.case == "workers":
         one = run_cli(scratch, 768, "--workers", "1", "--threads-per-worker", "1", name="w1.zarr")
         report("768^3, 1 worker x 1 thread", one)

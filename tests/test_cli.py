@@ -755,3 +755,24 @@ def test_missing_scheduler_file_fails_within_the_timeout(inputs, tmp_path):
     errors = [line for line in process.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1, process.stderr
     assert str(missing) in errors[0]
+
+
+def test_an_internal_error_shows_its_traceback_and_asks_for_a_report(
+    inputs, tmp_path, monkeypatch, capsys
+):
+    """A bug (here a TypeError inside planning) is not dressed up as a user error."""
+    import daskgauss.cli
+
+    def broken(*arguments, **options):
+        raise TypeError("unsupported operand type(s) for +: 'int' and 'str'")
+
+    monkeypatch.setattr(daskgauss.cli, "prepare_render", broken)
+    with pytest.raises(SystemExit) as exit_info:
+        daskgauss.cli.main(["render", str(inputs["npy"]), str(tmp_path / "out.zarr"),
+                            *GOOD_GRID, "--sigma", "1"])  # fmt: skip
+    assert exit_info.value.code == daskgauss.cli.EXIT_INTERNAL_ERROR
+    error = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in error
+    assert "TypeError: unsupported operand type(s)" in error
+    assert "please report it" in error.lower()
+    assert not (tmp_path / "out.zarr").exists()

@@ -231,3 +231,64 @@ def test_sigkill_mid_job_then_resume_is_correct(tmp_path):
     assert run["rendered"] + run["empty"] == done.size - int(done.sum())
     np.testing.assert_array_equal(resumed[...], expected)
     json.dumps(run)  # the run record is plain JSON
+
+
+def test_resume_across_worker_counts_and_adopted_blocks_gives_the_same_bits(tmp_path, small_job):
+    """Started where dask sees 2 workers with one block size, finished where it sees 16 and
+    the configured block size differs: the rerun without chunks adopts the store's blocks."""
+    import dask
+
+    del small_job["chunks"]
+    store = tmp_path / "portable.zarr"
+    options = {"weights": small_job["weights"]}
+    with dask.config.set({"num_workers": 2, "daskgauss.block-bytes": "32 KiB"}):
+        complete = dg.render_to_zarr(store, small_job["centres"], small_job["sigma"],
+                                     small_job["grid"], **options)[...]  # fmt: skip
+        block_shape = zarr.open_array(str(store), path="0").chunks
+    group = zarr.open_group(str(store), mode="r+")
+    group["blocks_done"][0, 0, 0] = 0  # as a crash would leave it
+    with dask.config.set({"num_workers": 16, "daskgauss.block-bytes": "1 MiB"}):
+        default = dg.gaussian_sum(small_job["centres"], small_job["sigma"], small_job["grid"])
+        assert default.chunksize != block_shape  # so the rerun really adopts the store's
+        resumed = dg.render_to_zarr(store, small_job["centres"], small_job["sigma"],
+                                    small_job["grid"], **options)  # fmt: skip
+        assert resumed.chunks == block_shape
+        assert _last_run(store)["resumed"] is True
+        assert _last_run(store)["rendered"] == 1
+        np.testing.assert_array_equal(resumed[...], complete)
+        # An explicit, different block shape is another job.
+        with pytest.raises(StoreMismatchError, match="block_shape: store has"):
+            dg.render_to_zarr(store, small_job["centres"], small_job["sigma"],
+                              small_job["grid"], chunks=7, **options)  # fmt: skip
+
+
+def test_resume_after_an_upgrade_of_the_same_format(tmp_path, small_job, monkeypatch):
+    store = tmp_path / "upgraded.zarr"
+    complete = _render(store, small_job)[...]
+    group = zarr.open_group(str(store), mode="r+")
+    group["blocks_done"][1, 1, 1] = 0
+    group["0"][16:32, 16:32, 16:32] = -1.0  # what a half-written block could hold
+    monkeypatch.setattr(dg, "__version__", "0.2.99")
+    resumed = _render(store, small_job)
+    np.testing.assert_array_equal(resumed[...], complete)
+    runs = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]
+    assert runs[0]["version"] != "0.2.99"
+    assert runs[1]["version"] == "0.2.99"
+    assert runs[1]["resumed"] is True
+    assert runs[1]["rendered"] == 1
+
+
+def test_a_store_of_another_format_is_refused_and_left_intact(tmp_path, small_job):
+    from daskgauss._job import StoreFormatError
+
+    store = tmp_path / "old.zarr"
+    before = _render(store, small_job)[...]
+    group = zarr.open_group(str(store), mode="r+")
+    attributes = dict(group.attrs["daskgauss"])
+    attributes["job"] = dict(attributes["job"]) | {"format": 1}
+    group.attrs["daskgauss"] = attributes
+    with pytest.raises(StoreFormatError, match=r"resumed with daskgauss 0\.1\.x"):
+        _render(store, small_job)
+    np.testing.assert_array_equal(zarr.open_array(str(store), path="0")[...], before)
+    again = _render(store, small_job, overwrite=True)
+    np.testing.assert_array_equal(again[...], before)
