@@ -2,24 +2,34 @@
 
 The bins are the output blocks. For every Gaussian (and, on a periodic grid, every
 periodic image of it that reaches the grid) the inclusive range of global sample
-indices its support box covers is computed with vectorised numpy; from that, the
-range of blocks it touches; from that, a CSR table block -> sources. The sources
-of each block are stored contiguously, so a block's task reads one slice of each
-array and nothing else. Cost: O(M x blocks touched per Gaussian), done once.
+indices its support box covers gives the range of blocks it touches; a counting sort
+turns those (Gaussian, block) pairs into a CSR table block -> Gaussian indices, each
+block's run in ascending Gaussian index. Two passes over the Gaussians in numba, no
+comparison sort, no per-Gaussian Python: O(M x blocks touched per Gaussian).
+
+Nothing that is cheap to recompute is stored: the table holds one Gaussian index per
+pair (int32 while M allows), plus a periodic image code per pair on periodic grids,
+and shares the Gaussians' own arrays; a block's positions, sigmas, amplitudes and
+sample index ranges are gathered when the block is rendered.
 """
 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 
 from ._gaussians import Gaussians, support_half_width
 from ._grid import Grid
 from ._job import Chunks
 
-__all__ = ["Binning", "BlockSources", "Chunks", "bin_gaussians", "block_edges"]
+__all__ = ["Binning", "BlockSources", "Chunks", "bin_gaussians", "block_edges", "index_boxes"]
+
+# Columns of a source table row (see Binning.table_rows).
+TABLE_COLUMNS = 7
 
 
 @dataclass(frozen=True, eq=False)
@@ -46,20 +56,163 @@ class BlockSources:
         return int(self.amplitude.shape[0])
 
     @classmethod
-    def from_table(cls, rows: np.ndarray) -> BlockSources:
-        """The sources of one block from its rows of :meth:`Binning.source_table`."""
-        return cls(
-            positions=np.ascontiguousarray(rows[:, 0:3]),
-            sigma=np.ascontiguousarray(rows[:, 3:6]),
-            amplitude=np.ascontiguousarray(rows[:, 6]),
-            index_low=rows[:, 7:10].astype(np.int64),
-            index_high=rows[:, 10:13].astype(np.int64),
-        )
+    def from_table(cls, rows: np.ndarray, grid: Grid, tol: float) -> BlockSources:
+        """The sources of one block from its rows of :meth:`Binning.table_rows`."""
+        positions = np.ascontiguousarray(rows[:, 0:3])
+        sigma = np.ascontiguousarray(rows[:, 3:6])
+        index_low, index_high = index_boxes(positions, sigma, grid, tol)
+        return cls(positions, sigma, np.ascontiguousarray(rows[:, 6]), index_low, index_high)
+
+
+@numba.njit(nogil=True, cache=True, inline="always")
+def _index_range(position, radius, origin, spacing, last):
+    """Inclusive sample index range of ``[position - radius, position + radius]`` on one
+    axis, clipped to ``[0, last]``; empty (low > high) where it misses the axis.
+
+    Clipped in floating point first: a centre far outside must not overflow an int.
+    """
+    low = np.ceil(((position - radius) - origin) / spacing)
+    high = np.floor(((position + radius) - origin) / spacing)
+    low = min(max(low, 0.0), last + 1.0)
+    high = min(max(high, -1.0), last)
+    return np.int64(low), np.int64(high)
+
+
+@numba.njit(nogil=True, cache=True)
+def _index_boxes(positions, sigma, half_width, origin, spacing, shape):
+    count = positions.shape[0]
+    low = np.empty((count, 3), np.int64)
+    high = np.empty((count, 3), np.int64)
+    for c in range(count):
+        for d in range(3):
+            low[c, d], high[c, d] = _index_range(positions[c, d], sigma[c, d] * half_width,
+                                                 origin[d], spacing[d], shape[d] - 1.0)  # fmt: skip
+    return low, high
+
+
+def index_boxes(
+    positions: np.ndarray, sigma: np.ndarray, grid: Grid, tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive global sample index ranges of support boxes, clipped to the grid.
+
+    Parameters
+    ----------
+    positions, sigma : ndarray, shape (K, 3), float64
+    grid : Grid
+    tol : float
+
+    Returns
+    -------
+    index_low, index_high : ndarray, shape (K, 3), int64
+        Empty on an axis (low > high) where the box misses the grid there.
+    """
+    return _index_boxes(positions, sigma, support_half_width(tol), np.array(grid.origin),
+                        np.array(grid.spacing), np.array(grid.shape, np.float64))  # fmt: skip
+
+
+@numba.njit(nogil=True, cache=True)
+def _pairs(positions, sigma, amplitude, half_width, origin, spacing, shape, period, periodic,
+           block_of_sample, numblocks, fill, cursor, rows, images):  # fmt: skip
+    """Count (``fill`` false) or write (``fill`` true) every (Gaussian, block) pair.
+
+    Counting adds pair counts at ``cursor[b + 1]``; filling writes Gaussian indices
+    (and image codes) at ``cursor[b]`` and advances it. Gaussians are visited in
+    index order and each one's images in a fixed order, so each block's run comes
+    out in that order (a stable counting sort). Image code ``9 (sx+1) + 3 (sy+1) +
+    (sz+1)`` is the image's shift in periods on each axis (13: none).
+    """
+    count = positions.shape[0]
+    shared_sigma = sigma.shape[0] == 1
+    shared_amplitude = amplitude.shape[0] == 1
+    # Per axis, up to three options (no image, one period up, one period down): the
+    # index range and the shift in periods of each.
+    low = np.empty((3, 3), np.int64)
+    high = np.empty((3, 3), np.int64)
+    shift = np.zeros((3, 3), np.int64)
+    options = np.empty(3, np.int64)
+    for c in range(count):
+        if amplitude[0 if shared_amplitude else c] == 0.0:
+            continue
+        row = 0 if shared_sigma else c
+        for d in range(3):
+            radius = sigma[row, d] * half_width
+            last = shape[d] - 1.0
+            low[d, 0], high[d, 0] = _index_range(positions[c, d], radius, origin[d],
+                                                 spacing[d], last)  # fmt: skip
+            options[d] = 1
+            if not periodic:
+                continue
+            # An image one period up can reach the grid when the support pokes out below
+            # the first sample, one period down when it pokes out past the box end. The
+            # half-spacing slack keeps this a superset; the index ranges decide exactly.
+            if positions[c, d] - radius <= origin[d] - spacing[d] / 2:
+                option = options[d]
+                low[d, option], high[d, option] = _index_range(
+                    positions[c, d] + period[d], radius, origin[d], spacing[d], last)  # fmt: skip
+                shift[d, option] = 1
+                options[d] += 1
+            if positions[c, d] + radius >= origin[d] + period[d] - spacing[d] / 2:
+                option = options[d]
+                low[d, option], high[d, option] = _index_range(
+                    positions[c, d] - period[d], radius, origin[d], spacing[d], last)  # fmt: skip
+                shift[d, option] = -1
+                options[d] += 1
+        for ox in range(options[0]):
+            if low[0, ox] > high[0, ox]:
+                continue
+            for oy in range(options[1]):
+                if low[1, oy] > high[1, oy]:
+                    continue
+                for oz in range(options[2]):
+                    if low[2, oz] > high[2, oz]:
+                        continue
+                    code = 9 * (shift[0, ox] + 1) + 3 * (shift[1, oy] + 1) + shift[2, oz] + 1
+                    first_x = block_of_sample[0][low[0, ox]]
+                    first_y = block_of_sample[1][low[1, oy]]
+                    first_z = block_of_sample[2][low[2, oz]]
+                    for bx in range(first_x, block_of_sample[0][high[0, ox]] + 1):
+                        for by in range(first_y, block_of_sample[1][high[1, oy]] + 1):
+                            for bz in range(first_z, block_of_sample[2][high[2, oz]] + 1):
+                                flat = (bx * numblocks[1] + by) * numblocks[2] + bz
+                                if fill:
+                                    at = cursor[flat]
+                                    rows[at] = c
+                                    if periodic:
+                                        images[at] = code
+                                    cursor[flat] = at + 1
+                                else:
+                                    cursor[flat + 1] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather(rows, images, positions, sigma, amplitude, period, periodic):
+    """Positions, sigmas and amplitudes of the listed Gaussians (images shifted)."""
+    count = rows.shape[0]
+    shared_sigma = sigma.shape[0] == 1
+    shared_amplitude = amplitude.shape[0] == 1
+    out_positions = np.empty((count, 3))
+    out_sigma = np.empty((count, 3))
+    out_amplitude = np.empty(count)
+    for k in range(count):
+        c = rows[k]
+        for d in range(3):
+            out_positions[k, d] = positions[c, d]
+            out_sigma[k, d] = sigma[0 if shared_sigma else c, d]
+        out_amplitude[k] = amplitude[0 if shared_amplitude else c]
+        if periodic:
+            code = images[k]
+            shifts = (code // 9 - 1, (code // 3) % 3 - 1, code % 3 - 1)
+            for d in range(3):
+                if shifts[d] == 1:
+                    out_positions[k, d] = positions[c, d] + period[d]
+                elif shifts[d] == -1:
+                    out_positions[k, d] = positions[c, d] - period[d]
+    return out_positions, out_sigma, out_amplitude
 
 
 @dataclass(frozen=True, eq=False)
 class Binning:
-    """Sources grouped by output block (CSR layout, one contiguous run per block).
+    """Gaussian indices grouped by output block (CSR layout, one run per block).
 
     Attributes
     ----------
@@ -68,22 +221,31 @@ class Binning:
         Block sizes along each axis, as dask normalises them.
     tol : float
         The cut, as a fraction of each Gaussian's peak.
+    periodic : bool
     block_offsets : ndarray, shape (blocks + 1,), int64
-        The sources of the block with flat (C-order) index ``b`` are rows
-        ``block_offsets[b]:block_offsets[b + 1]`` of the arrays below.
-    positions, sigma, amplitude, index_low, index_high
-        Per-row source data, see :class:`BlockSources`.
+        The sources of the block with flat (C-order) index ``b`` are entries
+        ``block_offsets[b]:block_offsets[b + 1]`` of ``rows`` (and ``images``).
+    rows : ndarray, shape (pairs,), int32 or int64
+        Index of the Gaussian of each (Gaussian, block) pair.
+    images : ndarray, shape (pairs,) int8 on a periodic grid, else (0,)
+        The periodic image of each pair: its shift in periods on each axis, coded
+        ``9 (sx + 1) + 3 (sy + 1) + (sz + 1)``.
+    positions : ndarray, shape (M, 3), float64
+        The Gaussians' centres (wrapped into the periodic box on a periodic grid).
+    sigma, amplitude
+        The Gaussians' own arrays, shared (see :class:`~daskgauss._gaussians.Gaussians`).
     """
 
     grid: Grid
     chunks: Chunks
     tol: float
+    periodic: bool
     block_offsets: np.ndarray
+    rows: np.ndarray
+    images: np.ndarray
     positions: np.ndarray
     sigma: np.ndarray
     amplitude: np.ndarray
-    index_low: np.ndarray
-    index_high: np.ndarray
 
     @property
     def numblocks(self) -> tuple[int, int, int]:
@@ -107,42 +269,61 @@ class Binning:
         flat = self.flat_index(block_index)
         return int(self.block_offsets[flat + 1] - self.block_offsets[flat])
 
+    def _gather(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return _gather(self.rows[start:stop], self.images[start:stop] if self.periodic
+                       else self.images, self.positions, self.sigma, self.amplitude,
+                       np.array(self.grid.period), self.periodic)  # fmt: skip
+
     def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
-        """The sources that reach the block (views, no copies)."""
+        """The sources that reach the block, gathered (fresh arrays)."""
         flat = self.flat_index(block_index)
-        rows = slice(int(self.block_offsets[flat]), int(self.block_offsets[flat + 1]))
-        return BlockSources(
-            positions=self.positions[rows],
-            sigma=self.sigma[rows],
-            amplitude=self.amplitude[rows],
-            index_low=self.index_low[rows],
-            index_high=self.index_high[rows],
+        positions, sigma, amplitude = self._gather(
+            int(self.block_offsets[flat]), int(self.block_offsets[flat + 1])
         )
+        index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)
+        return BlockSources(positions, sigma, amplitude, index_low, index_high)
 
-    def source_table(self) -> tuple[np.ndarray, np.ndarray]:
-        """The table as two plain arrays, for storing: ``(block_offsets, rows)``.
+    @property
+    def pairs(self) -> int:
+        """Number of (Gaussian, block) pairs: the rows of the source table."""
+        return int(self.block_offsets[-1])
 
-        ``rows`` (float64, shape (sources, 13)) holds x, y, z, sigma x, y, z,
-        amplitude, then the sample index ranges low x, y, z, high x, y, z (integers,
-        exact in float64); block ``b`` owns rows ``block_offsets[b]:block_offsets[b+1]``.
-        :meth:`BlockSources.from_table` reads a block's rows back.
+    def table_rows(self, start: int, stop: int) -> np.ndarray:
+        """Rows ``start:stop`` of the source table, for storing.
+
+        Row ``p`` (float64, :data:`TABLE_COLUMNS` columns: x, y, z, sigma x, y, z,
+        amplitude) is pair ``p``; block ``b`` owns rows
+        ``block_offsets[b]:block_offsets[b + 1]``. :meth:`BlockSources.from_table`
+        reads a block's rows back (recomputing the sample index ranges).
         """
-        rows = np.concatenate(
-            [self.positions, self.sigma, self.amplitude[:, None], self.index_low,
-             self.index_high], axis=1,
-        )  # fmt: skip
-        return self.block_offsets, rows
+        positions, sigma, amplitude = self._gather(start, stop)
+        return np.concatenate([positions, sigma, amplitude[:, None]], axis=1)
+
+    @property
+    def table(self) -> tuple[np.ndarray, int, Callable[[int, int], np.ndarray]]:
+        """``(block_offsets, columns, table_rows)``: what a store needs to keep the table."""
+        return self.block_offsets, TABLE_COLUMNS, self.table_rows
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the table, in bytes."""
-        arrays = (self.block_offsets, self.positions, self.sigma, self.amplitude)
-        return sum(a.nbytes for a in (*arrays, self.index_low, self.index_high))
+        """Memory held by the table itself (not the Gaussians' shared arrays), in bytes."""
+        return self.block_offsets.nbytes + self.rows.nbytes + self.images.nbytes
 
 
 def block_edges(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Global sample index where each block starts, plus the end, along each axis."""
     return tuple(np.concatenate([[0], np.cumsum(c)]).astype(np.int64) for c in chunks)  # type: ignore[return-value]
+
+
+@functools.lru_cache(maxsize=32)
+def _block_of_sample(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per axis, the block index of every sample (int32), for O(1) look-ups."""
+    lookups = []
+    for sizes in chunks:
+        lookup = np.repeat(np.arange(len(sizes), dtype=np.int32), sizes)
+        lookup.setflags(write=False)
+        lookups.append(lookup)
+    return tuple(lookups)  # type: ignore[return-value]
 
 
 def _check_fits_period(radius: np.ndarray, grid: Grid) -> None:
@@ -157,101 +338,6 @@ def _check_fits_period(radius: np.ndarray, grid: Grid) -> None:
             f"width {tuple(round(float(v), 6) for v in 2 * radius[first])}. Use a larger grid, "
             "a smaller sigma or a larger tol."
         )
-
-
-def _periodic_images(
-    positions: np.ndarray, sigma: np.ndarray, amplitude: np.ndarray, radius: np.ndarray, grid: Grid
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Wrap centres into the periodic box and add the images that reach the grid.
-
-    Images are appended axis by axis, so the order of sources (and with it each
-    voxel's summation order) depends only on the input, never on the chunking.
-    """
-    period = np.array(grid.period)
-    origin = np.array(grid.origin)
-    spacing = np.array(grid.spacing)
-    positions = origin + np.mod(positions - origin, period)
-    for d in range(3):
-        # An image one period up reaches the grid when the original pokes out below
-        # the first sample; one period down when it pokes out past the box end. The
-        # half-spacing slack keeps this a superset; the index ranges decide exactly.
-        up = positions[:, d] - radius[:, d] <= origin[d] - spacing[d] / 2
-        down = positions[:, d] + radius[:, d] >= origin[d] + period[d] - spacing[d] / 2
-        shifted_up = positions[up].copy()
-        shifted_up[:, d] += period[d]
-        shifted_down = positions[down].copy()
-        shifted_down[:, d] -= period[d]
-        positions = np.concatenate([positions, shifted_up, shifted_down])
-        sigma = np.concatenate([sigma, sigma[up], sigma[down]])
-        amplitude = np.concatenate([amplitude, amplitude[up], amplitude[down]])
-        radius = np.concatenate([radius, radius[up], radius[down]])
-    return positions, sigma, amplitude
-
-
-def _index_boxes(
-    positions: np.ndarray, radius: np.ndarray, grid: Grid
-) -> tuple[np.ndarray, np.ndarray]:
-    """Inclusive global sample index range of each support box, clipped to the grid.
-
-    A box that misses the grid on some axis comes out empty there (low > high).
-    Written as in-place steps: at M = 1000 numpy's per-call cost, not arithmetic,
-    is most of the time.
-    """
-    # The same value on every axis (a cubic grid) broadcasts as a scalar, which
-    # numpy does several times faster than a (3,) row; the results are identical.
-    origin = _per_axis(grid.origin)
-    spacing = _per_axis(grid.spacing)
-    last_sample = _per_axis(grid.shape) - 1
-    with np.errstate(over="ignore"):  # centres near the float limits clip below
-        low = positions - radius
-        low -= origin
-        low /= spacing
-        np.ceil(low, out=low)
-        high = positions + radius
-        high -= origin
-        high /= spacing
-        np.floor(high, out=high)
-    # Clip in float first: a centre far outside the grid must not overflow int64.
-    np.maximum(low, 0, out=low)
-    np.minimum(low, last_sample + 1, out=low)
-    np.maximum(high, -1, out=high)
-    np.minimum(high, last_sample, out=high)
-    return low.astype(np.int64), high.astype(np.int64)
-
-
-def _per_axis(values: tuple) -> np.ndarray:
-    """``values`` as an array of three, or as one scalar where all three are equal."""
-    return np.asarray(values[0] if values[0] == values[1] == values[2] else values)
-
-
-@functools.lru_cache(maxsize=32)
-def _block_starts(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every block's first sample, all three axes in one sorted array.
-
-    Axis ``d`` is shifted up by the samples of the axes before it, so one
-    ``searchsorted`` finds the block of any sample on any axis: it returns the
-    blocks of the earlier axes, plus the sample's block index on its own axis,
-    plus one. Returns the starts, each axis's shift, and that count to subtract.
-    """
-    edges = block_edges(chunks)
-    shift = np.cumsum([0, edges[0][-1], edges[1][-1]])
-    starts = np.concatenate([edges[d][:-1] + shift[d] for d in range(3)])
-    before = np.cumsum([1, len(chunks[0]), len(chunks[1])])
-    for array in (starts, shift, before):
-        array.setflags(write=False)
-    return starts, shift, before
-
-
-def _block_boxes(
-    index_low: np.ndarray, index_high: np.ndarray, chunks: Chunks
-) -> tuple[np.ndarray, np.ndarray]:
-    """First and last block index, per axis, of each (non-empty) sample index box."""
-    starts, shift, before = _block_starts(chunks)
-    both = np.concatenate((index_low, index_high))
-    both += shift
-    blocks = np.searchsorted(starts, both, side="right")
-    blocks -= before
-    return blocks[: len(index_low)], blocks[len(index_low) :]
 
 
 def bin_gaussians(
@@ -271,65 +357,37 @@ def bin_gaussians(
     Returns
     -------
     Binning
+        Gaussians of weight zero, and those whose support reaches no sample, are in
+        no block.
     """
     positions = gaussians.positions
-    sigma = gaussians.sigma
-    amplitude = gaussians.amplitude
-    nonzero = amplitude != 0
-    if not nonzero.all():
-        positions, sigma, amplitude = positions[nonzero], sigma[nonzero], amplitude[nonzero]
-    half_width = support_half_width(gaussians.tol)
+    period = np.array(grid.period)
     if periodic:
         _check_fits_period(gaussians.radius, grid)
-        positions, sigma, amplitude = _periodic_images(
-            positions, sigma, amplitude, sigma * half_width, grid
-        )
-    radius = sigma * half_width
-
-    index_low, index_high = _index_boxes(positions, radius, grid)
-    reaches = (index_low <= index_high).all(axis=1)
-    if not reaches.all():
-        positions, sigma, amplitude = positions[reaches], sigma[reaches], amplitude[reaches]
-        index_low, index_high = index_low[reaches], index_high[reaches]
-
-    first_block, last_block = _block_boxes(index_low, index_high, chunks)
-    numblocks = tuple(len(c) for c in chunks)
-    extent = last_block - first_block + 1
-    pairs_per_source = extent[:, 0] * extent[:, 1] * extent[:, 2]
-    count = len(amplitude)
-    total = int(pairs_per_source.sum())
-
-    if total == count:
-        # Every source reaches one block (blocks much wider than the supports).
-        source = np.arange(count)
-        block_x, block_y, block_z = first_block.T
-    else:
-        # Expand every source into the (source, block) pairs of its block box, in
-        # source order.
-        source = np.repeat(np.arange(count), pairs_per_source)
-        local = np.arange(total) - np.repeat(
-            np.cumsum(pairs_per_source) - pairs_per_source, pairs_per_source
-        )
-        extent_y = extent[:, 1].take(source)
-        extent_z = extent[:, 2].take(source)
-        block_x = first_block[:, 0].take(source) + local // (extent_y * extent_z)
-        block_y = first_block[:, 1].take(source) + (local // extent_z) % extent_y
-        block_z = first_block[:, 2].take(source) + local % extent_z
-    flat = (block_x * numblocks[1] + block_y) * numblocks[2] + block_z
-    # A stable sort by block keeps each block's sources ascending.
-    rows = source.take(np.argsort(flat, kind="stable"))
-    block_offsets = np.zeros(numblocks[0] * numblocks[1] * numblocks[2] + 1, dtype=np.int64)
-    np.cumsum(np.bincount(flat, minlength=len(block_offsets) - 1), out=block_offsets[1:])
-
+        origin = np.array(grid.origin)
+        positions = origin + np.mod(positions - origin, period)
+    numblocks = np.array([len(c) for c in chunks], np.int64)
+    arguments = (positions, gaussians.sigma, gaussians.amplitude,
+                 support_half_width(gaussians.tol), np.array(grid.origin),
+                 np.array(grid.spacing), np.array(grid.shape, np.float64), period,
+                 bool(periodic), _block_of_sample(chunks), numblocks)  # fmt: skip
+    row_type = np.int32 if len(positions) < 2**31 else np.int64
+    block_offsets = np.zeros(int(np.prod(numblocks)) + 1, np.int64)
+    _pairs(*arguments, False, block_offsets, np.empty(0, row_type), np.empty(0, np.int8))
+    np.cumsum(block_offsets, out=block_offsets)
+    pairs = int(block_offsets[-1])
+    rows = np.empty(pairs, row_type)
+    images = np.empty(pairs if periodic else 0, np.int8)
+    _pairs(*arguments, True, block_offsets[:-1].copy(), rows, images)
     return Binning(
         grid=grid,
         chunks=chunks,
         tol=gaussians.tol,
+        periodic=bool(periodic),
         block_offsets=block_offsets,
-        # take, not fancy indexing: three times faster on (M, 3) rows.
-        positions=positions.take(rows, axis=0),
-        sigma=sigma.take(rows, axis=0),
-        amplitude=amplitude.take(rows),
-        index_low=index_low.take(rows, axis=0),
-        index_high=index_high.take(rows, axis=0),
+        rows=rows,
+        images=images,
+        positions=positions,
+        sigma=gaussians.sigma,
+        amplitude=gaussians.amplitude,
     )

@@ -36,14 +36,20 @@ def support_half_width(tol: float) -> float:
 class Gaussians:
     """Validated Gaussians in the form the rest of the package uses.
 
+    Values shared by every Gaussian are kept once (a row of one), so that M = 10^8
+    Gaussians of one sigma and weight cost no more than their centres. Equal
+    Gaussians always take the same form (a per-centre array whose rows are all equal
+    is stored as one row), so equal inputs have equal fingerprints.
+
     Attributes
     ----------
-    positions : ndarray, shape (M, 3), float64
-        Centres (coordinate units).
-    sigma : ndarray, shape (M, 3), float64
-        Standard deviation along x, y, z of each Gaussian (coordinate units).
-    amplitude : ndarray, shape (M,), float64
-        Peak value of each Gaussian: its weight times its normalisation.
+    positions : ndarray, shape (M, 3), float64, C-contiguous
+        Centres (coordinate units): a private copy of the input.
+    sigma : ndarray, shape (M, 3) or (1, 3), float64, C-contiguous
+        Standard deviation along x, y, z of each Gaussian, or of all of them
+        (coordinate units).
+    amplitude : ndarray, shape (M,) or (1,), float64
+        Peak value of each Gaussian, or of all of them: weight times normalisation.
     tol : float
         Each Gaussian is cut where it falls below ``tol`` times its peak.
     """
@@ -60,14 +66,17 @@ class Gaussians:
 
     @property
     def radius(self) -> np.ndarray:
-        """Half-width of each support box along each axis, shape (M, 3) (coordinate units)."""
+        """Half-width of each support box along each axis, shaped like ``sigma`` (coordinate
+        units)."""
         return self.sigma * support_half_width(self.tol)
 
     @functools.cached_property
     def _digest(self) -> str:
         digest = hashlib.sha256()
         for array in (self.positions, self.sigma, self.amplitude):
-            digest.update(np.ascontiguousarray(array, dtype="<f8").tobytes())
+            # The shape tells a shared value from a per-centre array of the same bytes.
+            digest.update(repr(array.shape).encode())
+            digest.update(np.ascontiguousarray(array, dtype="<f8").reshape(-1))
         digest.update(repr(self.tol).encode())
         return digest.hexdigest()
 
@@ -80,16 +89,19 @@ class Gaussians:
 
 
 def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
+    """``value`` as float64 (no copy when it already is), refused unless all finite."""
     if value is None:
         raise ValueError(f"{name} must be numeric, got None")
     try:
         raw = np.asarray(value)
         if np.iscomplexobj(raw):
             raise TypeError
-        array = raw.astype(np.float64)
+        array = np.asarray(raw, dtype=np.float64)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be real numbers, got {type(value).__name__}") from None
-    if not np.all(np.isfinite(array)):
+    # min and max are NaN or infinite exactly when some element is: two passes and
+    # no temporary, where isfinite would allocate a mask as large as the input.
+    if array.size and not (math.isfinite(array.min()) and math.isfinite(array.max())):
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ValueError(
             f"{name} must be finite: found {array[tuple(bad)]} "
@@ -106,17 +118,25 @@ def _centres(centres: ArrayLike) -> np.ndarray:
         raise ValueError(
             f"centres must have shape (M, 3), one x y z row per centre; got {array.shape}"
         )
-    return np.ascontiguousarray(array)
+    # A private copy: the lazy array must not change if the caller's array does.
+    return np.array(array, dtype=np.float64, order="C", copy=True)
+
+
+def _shared_or_per_centre(array: np.ndarray) -> np.ndarray:
+    """``array`` (rows per centre) as one row when all its rows are equal, else a copy."""
+    if len(array) > 1 and (array == array[0]).all():
+        return np.ascontiguousarray(array[:1])
+    return np.array(array, order="C", copy=True)
 
 
 def _sigma(sigma: ArrayLike, count: int) -> np.ndarray:
     array = _finite_float_array(sigma, "sigma")
     if array.ndim == 0 or array.shape == (1,):
-        full = np.full((count, 3), float(array.reshape(-1)[0]))
+        full = np.full((1, 3), float(array.reshape(-1)[0]))
     elif array.shape == (count,):
-        full = np.repeat(array[:, None], 3, axis=1)
+        full = _shared_or_per_centre(np.repeat(array[:, None], 3, axis=1))
     elif array.shape in ((count, 3), (1, 3)):
-        full = np.broadcast_to(array, (count, 3)).copy()
+        full = _shared_or_per_centre(array)
     else:
         hint = (
             " (for one anisotropic sigma for all centres use shape (1, 3))"
@@ -127,22 +147,22 @@ def _sigma(sigma: ArrayLike, count: int) -> np.ndarray:
             f"sigma must be a number, shape (M,) = ({count},), (M, 3) = ({count}, 3) or (1, 3); "
             f"got shape {array.shape}{hint}"
         )
-    if np.any(array <= 0):
+    if array.size and array.min() <= 0:
         raise ValueError(f"sigma must be positive, got a minimum of {array.min()}")
-    return full
+    return full if count else np.empty((0, 3))
 
 
 def _weights(weights: ArrayLike | None, count: int) -> np.ndarray:
     if weights is None:
-        return np.ones(count)
+        return np.ones(1 if count else 0)
     array = _finite_float_array(weights, "weights")
     if array.ndim == 0:
-        return np.full(count, float(array))
+        return np.full(1 if count else 0, float(array))
     if array.shape != (count,):
         raise ValueError(
             f"weights must be None, a number or shape (M,) = ({count},); got {array.shape}"
         )
-    return array.copy()
+    return _shared_or_per_centre(array)
 
 
 def _tol(tol: float) -> float:
@@ -195,6 +215,8 @@ def prepare_gaussians(
     sigmas = _sigma(sigma, count)
     amplitude = _weights(weights, count)
     if normalize == "density":
+        if len(sigmas) > len(amplitude):  # per-centre sigma, one weight for all
+            amplitude = np.broadcast_to(amplitude, (len(sigmas),))
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
             amplitude = amplitude * (2.0 * math.pi) ** -1.5 / np.prod(sigmas, axis=1)
         if not np.all(np.isfinite(amplitude)):

@@ -82,7 +82,7 @@ def _block_buffer(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
 def _render_and_write(location: str, spec: JobSpec, block_index: tuple[int, int, int]) -> int:
     """One task: render one block from the sidecar, write it; return its source count."""
     target = open_target_for_job(location, spec.token)
-    sources = BlockSources.from_table(target.source_rows(block_index))
+    sources = BlockSources.from_table(target.source_rows(block_index), spec.grid, spec.tol)
     slices = spec.block_slices(block_index)
     shape = tuple(s.stop - s.start for s in slices)
     dtype = np.dtype(spec.dtype)
@@ -164,7 +164,7 @@ class RenderJob:
         # Later runs of the same object resume rather than overwrite.
         resumed, self.resume, self.overwrite = self.resume, True, False
         if not target.sources_complete():
-            target.write_sources(*binning.source_table())
+            target.write_sources(*binning.table)
         done = target.done_mask()
         counts = np.diff(binning.block_offsets).reshape(spec.numblocks)
         empty = np.argwhere(~done & (counts == 0))

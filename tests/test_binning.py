@@ -158,8 +158,8 @@ def test_total_pairs_is_sum_over_sources_of_blocks_touched(rng):
         if ranges is not None:
             expected += _blocks_touched(*ranges, edges)
     assert int(binning.block_offsets[-1]) == expected
-    assert binning.positions.shape == (expected, 3)
-    assert binning.amplitude.shape == (expected,)
+    assert binning.rows.shape == (expected,)
+    assert binning.pairs == expected
 
 
 def test_block_far_from_all_centres_has_no_sources(rng):
@@ -180,7 +180,7 @@ def test_zero_weight_centres_are_dropped():
     binning = _bin(centres, 1.0, [1.0, 0.0, 3.0, 0.0], grid, chunks)
     for block in _blocks(chunks):
         assert _identify(binning.block_sources(block)) == [0, 2]
-    assert np.all(binning.amplitude != 0)
+    assert np.all(binning.table_rows(0, binning.pairs)[:, 6] != 0)
     assert binning.block_offsets[-1] == 2 * 8
 
 
@@ -189,7 +189,8 @@ def test_all_zero_weights_give_an_empty_table():
     chunks = normalize_chunks(5, shape=grid.shape)
     binning = _bin(np.zeros((3, 3)), 1.0, 0.0, grid, chunks)
     np.testing.assert_array_equal(binning.block_offsets, np.zeros(9))
-    assert binning.positions.shape == (0, 3)
+    assert binning.pairs == 0
+    assert binning.rows.shape == (0,)
 
 
 def test_centres_far_outside_the_grid_are_dropped():
@@ -246,10 +247,13 @@ def test_index_ranges_on_anisotropic_grid():
     # r = (1.214, 9.105, 24.28): x in [-1.114, 1.314] holds samples 8..17 (-1.0 .. 1.25);
     # y and z reach past both grid ends and are clipped.
     binning = _bin([[0.1, 16.7, 21.0]], sigma, 1.0, grid, normalize_chunks(4, grid.shape), tol)
-    rows = len(binning.amplitude)
+    rows = binning.pairs
     assert rows == 3 * 2 * 2  # x blocks 2..4, all y and z blocks
-    np.testing.assert_array_equal(binning.index_low, np.tile([8, 0, 0], (rows, 1)))
-    np.testing.assert_array_equal(binning.index_high, np.tile([17, 7, 4], (rows, 1)))
+    every = [binning.block_sources(block) for block in _blocks(binning.chunks)]
+    index_low = np.concatenate([sources.index_low for sources in every])
+    index_high = np.concatenate([sources.index_high for sources in every])
+    np.testing.assert_array_equal(index_low, np.tile([8, 0, 0], (rows, 1)))
+    np.testing.assert_array_equal(index_high, np.tile([17, 7, 4], (rows, 1)))
     assert grid.axes[0][8] == -1.0
     assert grid.axes[0][17] == 1.25
 
@@ -367,7 +371,7 @@ def test_periodic_images_match_brute_force(seed):
 
 
 def _image_positions(binning):
-    return {tuple(np.round(p, 9)) for p in binning.positions}
+    return {tuple(np.round(p, 9)) for p in binning.table_rows(0, binning.pairs)[:, :3]}
 
 
 # from_box(0, 10, 20): samples 0.25 ... 9.75, periodic box [0.25, 10.25), r = 2.63.
@@ -414,7 +418,7 @@ def test_periodic_image_that_would_not_reach_a_sample_is_dropped():
         centre, np.full((1, 3), 0.5), [1.0], grid, normalize_chunks(10, grid.shape), tol
     )
     assert {shift for rows in found.values() for _, shift in rows} == {(0, 0, 0)}
-    np.testing.assert_array_equal(binning.positions[:, 0], centre[0, 0])
+    np.testing.assert_array_equal(binning.table_rows(0, binning.pairs)[:, 0], centre[0, 0])
 
 
 def test_periodic_with_samples_at_both_box_ends():
@@ -536,39 +540,35 @@ def test_block_helpers_agree_with_numpy_and_dask(rng):
     np.testing.assert_array_equal(np.diff(binning.block_offsets), counts)
     assert binning.block_offsets[0] == 0
     assert binning.block_offsets.dtype == np.int64
-    arrays = (
-        binning.block_offsets,
-        binning.positions,
-        binning.sigma,
-        binning.amplitude,
-        binning.index_low,
-        binning.index_high,
-    )
-    assert binning.nbytes == sum(a.nbytes for a in arrays)
     pairs = int(binning.block_offsets[-1])
-    assert binning.nbytes == (len(flat.ravel()) + 1) * 8 + pairs * (3 + 3 + 1 + 3 + 3) * 8
+    # The table holds one int32 Gaussian index per pair; the Gaussians' arrays are shared.
+    assert binning.rows.dtype == np.int32
+    assert binning.nbytes == (len(flat.ravel()) + 1) * 8 + pairs * 4
 
 
-def test_block_sources_are_views_of_the_table(rng):
+def test_the_binning_shares_the_gaussians_arrays(rng):
+    grid = dg.Grid(shape=10)
+    gaussians = prepare_gaussians(rng.uniform(0, 10, size=(5, 3)), 1.0, weights=np.arange(1.0, 6))
+    binning = bin_gaussians(gaussians, grid, CHUNKS[:1] * 3)
+    assert binning.positions is gaussians.positions
+    assert binning.sigma is gaussians.sigma
+    assert binning.amplitude is gaussians.amplitude
+    assert binning.sigma.shape == (1, 3)  # one sigma for all is kept once
+    assert binning.images.shape == (0,)  # no image codes off a periodic grid
+
+
+def test_block_sources_are_contiguous_with_fixed_dtypes(rng):
     grid = dg.Grid(shape=10)
     binning = _bin(rng.uniform(0, 10, size=(5, 3)), 1.0, np.arange(1.0, 6), grid, CHUNKS[:1] * 3)
     sources = binning.block_sources((1, 1, 1))
-    for name in ("positions", "sigma", "amplitude", "index_low", "index_high"):
-        assert np.shares_memory(getattr(sources, name), getattr(binning, name)) or (
-            getattr(sources, name).size == 0
-        )
-
-
-def test_table_arrays_are_contiguous_with_fixed_dtypes(rng):
-    grid = dg.Grid(shape=10)
-    binning = _bin(rng.uniform(0, 10, size=(5, 3)), 1.0, np.arange(1.0, 6), grid, CHUNKS[:1] * 3)
-    for name, dtype in [
-        ("positions", np.float64),
-        ("sigma", np.float64),
-        ("amplitude", np.float64),
-        ("index_low", np.int64),
-        ("index_high", np.int64),
+    for name, dtype, shape in [
+        ("positions", np.float64, (sources.count, 3)),
+        ("sigma", np.float64, (sources.count, 3)),
+        ("amplitude", np.float64, (sources.count,)),
+        ("index_low", np.int64, (sources.count, 3)),
+        ("index_high", np.int64, (sources.count, 3)),
     ]:
-        array = getattr(binning, name)
+        array = getattr(sources, name)
         assert array.dtype == dtype, name
+        assert array.shape == shape, name
         assert array.flags.c_contiguous, name

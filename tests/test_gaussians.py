@@ -53,13 +53,13 @@ CENTRES = np.array(
 
 def test_scalar_sigma_applies_to_every_centre_and_axis():
     gaussians = prepare_gaussians(CENTRES, 0.75)
-    assert gaussians.sigma.shape == (4, 3)
+    assert gaussians.sigma.shape == (1, 3)  # kept once, not once per centre
     assert gaussians.sigma.dtype == np.float64
-    np.testing.assert_array_equal(gaussians.sigma, np.full((4, 3), 0.75))
+    np.testing.assert_array_equal(np.broadcast_to(gaussians.sigma, (4, 3)), np.full((4, 3), 0.75))
 
 
 def test_length_one_sigma_is_a_scalar():
-    np.testing.assert_array_equal(prepare_gaussians(CENTRES, [2.0]).sigma, np.full((4, 3), 2.0))
+    np.testing.assert_array_equal(prepare_gaussians(CENTRES, [2.0]).sigma, np.full((1, 3), 2.0))
 
 
 def test_per_centre_sigma_is_isotropic():
@@ -78,9 +78,26 @@ def test_per_centre_per_axis_sigma_is_kept():
 
 def test_one_anisotropic_sigma_for_all():
     gaussians = prepare_gaussians(CENTRES, [[0.5, 0.9, 1.3]])
-    np.testing.assert_array_equal(gaussians.sigma, np.tile([0.5, 0.9, 1.3], (4, 1)))
+    np.testing.assert_array_equal(gaussians.sigma, [[0.5, 0.9, 1.3]])
     assert gaussians.sigma.flags.writeable
     assert gaussians.sigma.flags.c_contiguous
+
+
+def test_per_centre_arrays_whose_rows_are_all_equal_are_kept_once():
+    same = prepare_gaussians(CENTRES, np.full((4, 3), 0.5), weights=np.full(4, 2.0))
+    assert same.sigma.shape == (1, 3)
+    assert same.amplitude.shape == (1,)
+    assert same.fingerprint() == prepare_gaussians(CENTRES, 0.5, weights=2.0).fingerprint()
+    different = prepare_gaussians(CENTRES, [0.5, 0.5, 0.5, 0.6], weights=[2.0, 2.0, 2.0, 1.0])
+    assert different.sigma.shape == (4, 3)
+    assert different.amplitude.shape == (4,)
+
+
+def test_density_with_one_weight_and_per_centre_sigma_is_per_centre():
+    sigma = np.array([0.5, 1.0, 1.5, 2.0])
+    gaussians = prepare_gaussians(CENTRES, sigma, weights=3.0, normalize="density")
+    np.testing.assert_allclose(gaussians.amplitude, 3.0 * (2 * np.pi) ** -1.5 / sigma**3,
+                               rtol=1e-15)  # fmt: skip
 
 
 def test_sigma_of_shape_three_is_refused_with_the_one_by_three_hint():
@@ -116,13 +133,13 @@ def test_sigma_of_other_shapes_is_refused(shape):
 
 def test_no_weights_means_one():
     gaussians = prepare_gaussians(CENTRES, 1.0)
-    np.testing.assert_array_equal(gaussians.amplitude, np.ones(4))
+    np.testing.assert_array_equal(gaussians.amplitude, np.ones(1))  # kept once
     assert gaussians.amplitude.dtype == np.float64
 
 
 def test_scalar_weight_applies_to_every_centre():
     np.testing.assert_array_equal(
-        prepare_gaussians(CENTRES, 1.0, weights=-2.5).amplitude, np.full(4, -2.5)
+        prepare_gaussians(CENTRES, 1.0, weights=-2.5).amplitude, np.full(1, -2.5)
     )
 
 
@@ -407,7 +424,7 @@ def test_fingerprint_changes_when_anything_changes():
 
 def test_gaussians_can_be_built_directly():
     gaussians = Gaussians(
-        positions=np.zeros((2, 3)), sigma=np.full((2, 3), 2.0), amplitude=np.ones(2), tol=0.01
+        positions=np.zeros((2, 3)), sigma=np.full((1, 3), 2.0), amplitude=np.ones(1), tol=0.01
     )
     assert gaussians.count == 2
     np.testing.assert_allclose(gaussians.radius, 2.0 * math.sqrt(2 * math.log(100)), rtol=1e-15)
