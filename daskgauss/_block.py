@@ -1,7 +1,15 @@
 """Render one output block from the Gaussians that reach it.
 
-The glue between the binning (which says what reaches a block) and the kernel (which
-adds it in): the only place that turns package objects into the kernel's plain arrays.
+The glue between the binning (which says what reaches a block) and the kernels (which
+add it in): the only place that turns package objects into the kernels' plain arrays.
+
+Which kernel
+------------
+A block's sources arrive in their summation order (the binning's spatial order).
+Two kernels add them, with the same bits for the same order: the strip kernel
+(:mod:`._kernel`) for few, wide Gaussians, the narrow kernel (:mod:`._narrow_kernel`)
+for many or narrow ones. The choice is per block and only a matter of speed
+(``daskgauss.kernel``: ``auto``, ``strips`` or ``narrow``).
 """
 
 from __future__ import annotations
@@ -16,8 +24,23 @@ from . import _config
 from ._binning import BlockSources
 from ._grid import Grid
 from ._kernel import add_gaussians_to_block
+from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
 
-__all__ = ["render_block"]
+__all__ = ["KERNELS", "choose_kernel", "render_block"]
+
+KERNELS = ("auto", "strips", "narrow")
+
+
+def choose_kernel(sources: BlockSources, block_shape: tuple[int, int, int]) -> str:
+    """``"strips"`` or ``"narrow"``: the faster kernel for these sources, unless
+    ``daskgauss.kernel`` names one."""
+    setting = str(_config.get("kernel"))
+    if setting not in KERNELS:
+        raise ValueError(f"daskgauss.kernel must be one of {KERNELS}, got {setting!r}")
+    if setting != "auto":
+        return setting
+    narrow = prefer_narrow(math.prod(block_shape), sources.index_low, sources.index_high)
+    return "narrow" if narrow else "strips"
 
 
 def render_block(
@@ -57,9 +80,7 @@ def render_block(
         return out
     if out is None:
         out = np.empty(block_shape, dtype=dtype)
-    # overwrite: the kernel clears each strip while it is in cache, not the
-    # whole block beforehand (one pass over memory instead of two).
-    add_gaussians_to_block(
+    arguments = (
         out,
         np.asarray(block_start, dtype=np.int64),
         np.array(grid.origin),
@@ -70,9 +91,13 @@ def render_block(
         sources.index_low,
         sources.index_high,
         math.log(1.0 / tol),
-        strip_rows(block_shape[2], out.dtype.itemsize),
-        True,
     )
+    # overwrite=True: the kernel ignores what ``out`` holds (the strip kernel clears
+    # each strip while it is in cache instead of the whole block beforehand).
+    if choose_kernel(sources, block_shape) == "narrow":
+        add_narrow_gaussians_to_block(*arguments, True)
+    else:
+        add_gaussians_to_block(*arguments, strip_rows(block_shape[2], out.dtype.itemsize), True)
     return out
 
 

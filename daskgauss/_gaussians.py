@@ -44,7 +44,8 @@ class Gaussians:
     Attributes
     ----------
     positions : ndarray, shape (M, 3), float64, C-contiguous
-        Centres (coordinate units): a private copy of the input.
+        Centres (coordinate units): the input itself where it is already float64 and
+        C-contiguous (the binning keeps its own copy).
     sigma : ndarray, shape (M, 3) or (1, 3), float64, C-contiguous
         Standard deviation along x, y, z of each Gaussian, or of all of them
         (coordinate units).
@@ -118,15 +119,16 @@ def _centres(centres: ArrayLike) -> np.ndarray:
         raise ValueError(
             f"centres must have shape (M, 3), one x y z row per centre; got {array.shape}"
         )
-    # A private copy: the lazy array must not change if the caller's array does.
-    return np.array(array, dtype=np.float64, order="C", copy=True)
+    # No copy: the binning keeps its own, so the lazy array does not change if the
+    # caller's array does.
+    return np.ascontiguousarray(array)
 
 
 def _shared_or_per_centre(array: np.ndarray) -> np.ndarray:
-    """``array`` (rows per centre) as one row when all its rows are equal, else a copy."""
+    """``array`` (rows per centre) as one row when all its rows are equal, else itself."""
     if len(array) > 1 and (array == array[0]).all():
         return np.ascontiguousarray(array[:1])
-    return np.array(array, order="C", copy=True)
+    return np.ascontiguousarray(array)
 
 
 def _sigma(sigma: ArrayLike, count: int) -> np.ndarray:

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import daskgauss as dg
-from daskgauss._binning import Binning, BlockSources, bin_gaussians, block_edges
+from daskgauss._binning import BIN_SHAPE, Binning, BlockSources, bin_gaussians, block_edges
 from daskgauss._gaussians import prepare_gaussians
 
 # ---------------------------------------------------------------- independent brute force
@@ -63,6 +63,18 @@ def _index_range(axes, centre, radius):
     return np.array(low), np.array(high)
 
 
+def _summation_order(ids, positions, low, high, grid) -> list[int]:
+    """``ids`` sorted as the spatial order defines it: by the global bin (BIN_SHAPE
+    samples) of the sample nearest each centre, clipped into its box; ties by id."""
+    if not len(ids):
+        return []
+    nearest = np.floor((np.asarray(positions) - grid.origin) / grid.spacing + 0.5)
+    nearest = np.clip(nearest, low, high).astype(np.int64)
+    bins = nearest // np.array(BIN_SHAPE)
+    order = np.lexsort((np.asarray(ids), bins[:, 2], bins[:, 1], bins[:, 0]))
+    return [int(ids[k]) for k in order]
+
+
 def _identify(sources: BlockSources) -> list[int]:
     """Original indices of a block's sources, from weights ``1, 2, 3, ...``."""
     ids = sources.amplitude - 1
@@ -91,7 +103,11 @@ def _check_against_brute_force(centres, sigma3, weights, grid, chunks, tol):
         sources = binning.block_sources(block)
         got = _identify(sources)
         assert set(got) == set(expected), f"block {block}"
-        assert got == sorted(got), f"block {block}: sources not in original order"
+        boxes = [_index_range(axes, centres[i], radius[i]) for i in expected]
+        assert got == _summation_order(
+            expected, centres[expected].reshape(-1, 3), [box[0] for box in boxes],
+            [box[1] for box in boxes], grid,
+        ), f"block {block}: sources not in summation order"  # fmt: skip
         assert binning.block_count(block) == len(expected)
         for row, i in enumerate(got):
             np.testing.assert_array_equal(sources.positions[row], centres[i])
@@ -158,7 +174,7 @@ def test_total_pairs_is_sum_over_sources_of_blocks_touched(rng):
         if ranges is not None:
             expected += _blocks_touched(*ranges, edges)
     assert int(binning.block_offsets[-1]) == expected
-    assert binning.rows.shape == (expected,)
+    assert binning.positions.shape == (expected, 3)
     assert binning.pairs == expected
 
 
@@ -170,7 +186,7 @@ def test_block_far_from_all_centres_has_no_sources(rng):
     assert binning.block_count((3, 3, 3)) == 0
     assert binning.block_sources((3, 3, 3)).count == 0
     assert binning.block_sources((3, 3, 3)).positions.shape == (0, 3)
-    assert _identify(binning.block_sources((0, 0, 0))) == list(range(50))
+    assert sorted(_identify(binning.block_sources((0, 0, 0)))) == list(range(50))
 
 
 def test_zero_weight_centres_are_dropped():
@@ -190,7 +206,7 @@ def test_all_zero_weights_give_an_empty_table():
     binning = _bin(np.zeros((3, 3)), 1.0, 0.0, grid, chunks)
     np.testing.assert_array_equal(binning.block_offsets, np.zeros(9))
     assert binning.pairs == 0
-    assert binning.rows.shape == (0,)
+    assert binning.positions.shape == (0, 3)
 
 
 def test_centres_far_outside_the_grid_are_dropped():
@@ -221,7 +237,9 @@ def test_empty_centres_give_an_empty_table():
     binning = _bin(np.empty((0, 3)), 1.0, None, grid, chunks)
     assert binning.block_offsets.shape == (2 * 3 * 3 + 1,)
     assert not binning.block_offsets.any()
-    assert binning.nbytes == binning.block_offsets.nbytes
+    assert binning.positions.shape == (0, 3)
+    assert binning.nbytes == binning.block_offsets.nbytes + binning.sigma.nbytes + (
+        binning.amplitude.nbytes)  # fmt: skip
 
 
 def test_index_ranges_are_exact_inclusive_and_clipped():
@@ -258,8 +276,9 @@ def test_index_ranges_on_anisotropic_grid():
     assert grid.axes[0][17] == 1.25
 
 
-def test_source_order_in_a_block_follows_the_input_order():
-    """All centres reach every block; each block lists them in input order."""
+def test_source_order_in_a_block_follows_the_input_order_within_a_spatial_bin():
+    """All centres reach every block and lie in one spatial bin (samples 4-7 on x and y,
+    0-15 on z): each block lists them in input order."""
     grid = dg.Grid(shape=12)
     chunks = normalize_chunks(4, shape=grid.shape)
     rng = np.random.default_rng(4)
@@ -541,20 +560,18 @@ def test_block_helpers_agree_with_numpy_and_dask(rng):
     assert binning.block_offsets[0] == 0
     assert binning.block_offsets.dtype == np.int64
     pairs = int(binning.block_offsets[-1])
-    # The table holds one int32 Gaussian index per pair; the Gaussians' arrays are shared.
-    assert binning.rows.dtype == np.int32
-    assert binning.nbytes == (len(flat.ravel()) + 1) * 8 + pairs * 4
+    # Per pair a position, a sigma and an amplitude (all per centre here).
+    assert binning.nbytes == (len(flat.ravel()) + 1) * 8 + pairs * (3 + 3 + 1) * 8
 
 
-def test_the_binning_shares_the_gaussians_arrays(rng):
+def test_the_binning_keeps_its_own_copy_and_shared_values_once(rng):
     grid = dg.Grid(shape=10)
-    gaussians = prepare_gaussians(rng.uniform(0, 10, size=(5, 3)), 1.0, weights=np.arange(1.0, 6))
+    centres = rng.uniform(0, 10, size=(5, 3))
+    gaussians = prepare_gaussians(centres, 1.0, weights=np.arange(1.0, 6))
     binning = bin_gaussians(gaussians, grid, CHUNKS[:1] * 3)
-    assert binning.positions is gaussians.positions
-    assert binning.sigma is gaussians.sigma
-    assert binning.amplitude is gaussians.amplitude
+    assert not np.shares_memory(binning.positions, centres)
     assert binning.sigma.shape == (1, 3)  # one sigma for all is kept once
-    assert binning.images.shape == (0,)  # no image codes off a periodic grid
+    assert binning.amplitude.shape == (binning.pairs,)
 
 
 def test_block_sources_are_contiguous_with_fixed_dtypes(rng):

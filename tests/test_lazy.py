@@ -454,3 +454,18 @@ def test_docstring_examples_run(module):
     failures, tried = doctest.testmod(importlib.import_module(module))
     assert tried > 0
     assert failures == 0
+
+
+def test_changing_the_inputs_afterwards_does_not_change_the_lazy_array(rng):
+    """The array is what was asked for when it was made, not what the buffers hold later."""
+    centres = rng.uniform(-4, 4, size=(30, 3))
+    sigma = rng.uniform(0.5, 1.0, size=(30, 3))
+    weights = rng.normal(size=30)
+    grid = dg.Grid.from_bounds(-5, 5, 16)
+    volume = dg.gaussian_sum(centres, sigma, grid, weights=weights, chunks=8)
+    expected = dg.gaussian_sum(centres.copy(), sigma.copy(), grid, weights=weights.copy(),
+                               chunks=8).compute()  # fmt: skip
+    centres += 1.0
+    sigma *= 2.0
+    weights[:] = 0.0
+    np.testing.assert_array_equal(volume.compute(), expected)
