@@ -469,3 +469,118 @@ def test_changing_the_inputs_afterwards_does_not_change_the_lazy_array(rng):
     sigma *= 2.0
     weights[:] = 0.0
     np.testing.assert_array_equal(volume.compute(), expected)
+
+
+# ---------------------------------------------------------------- narrow Gaussians, many per block
+
+
+@pytest.mark.parametrize("kernel", ["auto", "narrow", "strips"])
+@pytest.mark.parametrize("sigma_voxels", [0.3, 0.5, 0.7, 1.0])
+@pytest.mark.parametrize("periodic", [False, True])
+def test_narrow_gaussians_against_brute_force(rng, kernel, sigma_voxels, periodic):
+    grid = dg.Grid.from_box(-6, 6, (24, 20, 28)) if periodic else dg.Grid.from_bounds(
+        -6, 6, (25, 21, 29))  # fmt: skip
+    spacing = np.array(grid.spacing)
+    count = 300
+    centres = rng.uniform(-6.5, 6.5, size=(count, 3))
+    sigma = sigma_voxels * spacing * rng.uniform(0.8, 1.2, size=(count, 3))
+    weights = rng.normal(size=count)
+    dtype = "float64" if sigma_voxels == 0.5 else "float32"
+    with dask.config.set({"daskgauss.kernel": kernel}):
+        volume = dg.gaussian_sum(centres, sigma, grid, weights=weights, periodic=periodic,
+                                 chunks=(8, 7, 16), dtype=dtype)  # fmt: skip
+        assert_within_bound(volume, centres, sigma, weights, grid, periodic=periodic, dtype=dtype)
+
+
+def test_centres_on_samples_and_block_edges(rng):
+    """Centres exactly on samples, on block faces and half-way between samples."""
+    grid = dg.Grid(shape=(24, 24, 24), origin=(0.0, 0.0, 0.0), spacing=(0.5, 0.5, 0.5))
+    edges = np.array([0.0, 3.5, 4.0, 4.25, 7.75, 8.0, 11.5])  # block faces at 4.0, 8.0
+    centres = np.array(np.meshgrid(edges, edges, edges, indexing="ij")).reshape(3, -1).T
+    sigma = 0.35  # 0.7 samples
+    weights = rng.uniform(0.5, 1.5, size=len(centres))
+    for chunks in ((8, 8, 8), (24, 5, 7), (1, 24, 3)):
+        volume = dg.gaussian_sum(centres, sigma, grid, weights=weights, chunks=chunks)
+        computed, *_ = assert_within_bound(volume, centres, sigma, weights, grid)
+        # A centre on a sample peaks there at its weight (other Gaussians add little).
+        assert computed[8, 8, 8] >= weights[int(np.flatnonzero(
+            (centres == [4.0, 4.0, 4.0]).all(axis=1))[0])] * (1 - 1e-6)  # fmt: skip
+
+
+def test_a_hundred_thousand_gaussians_in_one_block_on_sampled_planes(rng):
+    """10^5 narrow Gaussians in one 40^3 block, checked against brute force on planes."""
+    grid = dg.Grid(shape=40)
+    count = 100_000
+    centres = rng.uniform(-1, 41, size=(count, 3))
+    sigma = rng.uniform(0.3, 1.0, size=count)
+    weights = rng.normal(size=count)
+    tol = 1e-6
+    computed = dg.gaussian_sum(centres, sigma, grid, weights=weights, tol=tol,
+                               chunks=40, dtype="float64").compute()  # fmt: skip
+    sigma3 = np.repeat(sigma[:, None], 3, axis=1)
+    radius = sigma * math.sqrt(2 * math.log(1 / tol))
+    axes = grid.axes
+    for plane in (0, 13, 27, 39):
+        near = np.abs(centres[:, 0] - axes[0][plane]) <= radius
+        plane_axes = (axes[0][plane : plane + 1], axes[1], axes[2])
+        unit = reference.unit_gaussians(plane_axes, centres[near], sigma3[near])
+        exact = np.einsum("i,i...->...", weights[near], unit)
+        covering = reference.covering_count(plane_axes, centres[near], sigma3[near], tol)
+        bound = reference.error_bound(unit, weights[near], tol, covering, "float64")
+        assert np.all(np.abs(computed[plane : plane + 1] - exact) <= bound), f"plane {plane}"
+
+
+def test_narrow_bits_do_not_depend_on_chunks_threads_or_kernel(rng):
+    """Chunkings, thread counts and the dispatcher's choice (forced either way, or auto
+    with some blocks dense enough for the narrow kernel and some not) give one result."""
+    grid = dg.Grid(shape=(48, 40, 64))
+    dense = rng.uniform(0, 16, size=(6000, 3))  # about one per voxel in one corner ...
+    sparse = rng.uniform(0, 48, size=(60, 3))  # ... few elsewhere
+    centres = np.concatenate([dense, sparse])
+    sigma = np.concatenate([rng.uniform(0.4, 0.9, 6000), rng.uniform(2.0, 3.0, 60)])
+    weights = rng.normal(size=len(centres))
+
+    def render(chunks, kernel="auto", **compute):
+        with dask.config.set({"daskgauss.kernel": kernel}):
+            volume = dg.gaussian_sum(centres, sigma, grid, weights=weights, chunks=chunks)
+            return volume.compute(**compute)
+
+    expected = render((32, 32, 32), "narrow", scheduler="synchronous")
+    # The auto choice really differs between blocks here.
+    from daskgauss._binning import bin_gaussians
+    from daskgauss._block import choose_kernel
+    from daskgauss._gaussians import prepare_gaussians
+    from daskgauss._plan import block_chunks
+
+    chunks = block_chunks((32, 32, 32), grid.shape, np.dtype("float32"))
+    binning = bin_gaussians(prepare_gaussians(centres, sigma, weights=weights), grid, chunks)
+    choices = {
+        choose_kernel(binning.block_sources(index), binning.block_shape(index))
+        for index in np.ndindex(*binning.numblocks)
+        if binning.block_count(index)
+    }
+    assert choices == {"narrow", "strips"}
+    for chunks in ((32, 32, 32), (16, 16, 16), (48, 40, 64), (7, 13, 64), (5, 40, 9)):
+        for kernel in ("auto", "narrow", "strips"):
+            np.testing.assert_array_equal(render(chunks, kernel), expected, err_msg=f"{chunks}")
+    for workers in (1, 2, 4):
+        result = render((32, 32, 32), scheduler="threads", num_workers=workers)
+        np.testing.assert_array_equal(result, expected, err_msg=f"{workers} workers")
+
+
+def test_periodic_narrow_bits_do_not_depend_on_the_chunking(rng):
+    grid = dg.Grid.from_box(0, 10, (20, 24, 16))
+    centres = rng.uniform(-1, 11, size=(2000, 3))
+    sigma = rng.uniform(0.2, 0.5, size=2000)
+    one = dg.gaussian_sum(centres, sigma, grid, periodic=True, chunks=(20, 24, 16)).compute()
+    for chunks in ((8, 8, 8), (3, 24, 5)):
+        other = dg.gaussian_sum(centres, sigma, grid, periodic=True, chunks=chunks).compute()
+        np.testing.assert_array_equal(one, other)
+
+
+def test_unknown_kernel_setting_is_refused():
+    with (
+        dask.config.set({"daskgauss.kernel": "fastest"}),
+        pytest.raises(ValueError, match=r"daskgauss\.kernel must be one of"),
+    ):
+        dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=8)).compute()
