@@ -7,6 +7,7 @@ block by block into a Zarr v3 (OME-NGFF) store, resumably, on any dask scheduler
 
 from importlib.metadata import PackageNotFoundError, version
 
+from ._dataarray import open_dataarray, open_grid, to_dataarray
 from ._gaussians import support_half_width
 from ._grid import Grid
 from ._lazy import gaussian_sum
@@ -22,6 +23,9 @@ __all__ = [
     "RenderReport",
     "__version__",
     "gaussian_sum",
+    "open_dataarray",
+    "open_grid",
     "render_to_zarr",
     "support_half_width",
+    "to_dataarray",
 ]

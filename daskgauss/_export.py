@@ -14,7 +14,13 @@ import numpy as np
 from ._extras import require
 from ._store import Target, open_target
 
-__all__ = ["angstroms_per_unit", "export_mrc", "preview_png", "store_summary"]
+__all__ = [
+    "angstroms_per_unit",
+    "export_mrc",
+    "preview_image",
+    "preview_png",
+    "store_summary",
+]
 
 _METRE_PREFIXES = {
     "yocto": 1e-24, "zepto": 1e-21, "atto": 1e-18, "femto": 1e-15, "pico": 1e-12,
@@ -113,6 +119,47 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
         mrc.header.rms = float(np.sqrt(max(squares / count - mean * mean, 0.0)))
 
 
+def preview_image(
+    location: str, *, axis: int = 2, index: int | None = None, projection: bool = False
+) -> tuple[np.ndarray, tuple[float, float, float, float], str]:
+    """The image :func:`preview_png` draws: a plane, or the maximum along ``axis``.
+
+    Returns
+    -------
+    image : ndarray, 2D
+        Indexed by the two other axes, in x y z order.
+    extent : tuple of 4 floats
+        First and last sample coordinates of the image's two axes.
+    title : str
+    """
+    import dask.array as da
+
+    if axis not in (0, 1, 2):
+        raise ValueError(f"axis must be 0, 1 or 2 (x, y, z), got {axis}")
+    target = open_target(location)
+    size = target.data.shape[axis]
+    if projection:
+        image = da.from_zarr(target.data).max(axis=axis).compute()
+        title = f"maximum along {'xyz'[axis]}"
+    else:
+        plane = size // 2 if index is None else index
+        if not 0 <= plane < size:
+            raise ValueError(
+                f"index must lie in [0, {size - 1}] on axis {'xyz'[axis]}, got {plane}"
+            )
+        selection = [slice(None)] * 3
+        selection[axis] = plane  # type: ignore[call-overload]
+        image = np.asarray(target.data[tuple(selection)])
+        title = f"{'xyz'[axis]} index {plane}"
+    axes_values = target.grid.axes
+    shown = [d for d in range(3) if d != axis]
+    extent = (
+        axes_values[shown[0]][0], axes_values[shown[0]][-1],
+        axes_values[shown[1]][0], axes_values[shown[1]][-1],
+    )  # fmt: skip
+    return image, extent, title
+
+
 def preview_png(
     location: str,
     output: str | pathlib.Path,
@@ -135,33 +182,9 @@ def preview_png(
     """
     require("matplotlib", extra="preview", purpose="preview").use("Agg")
     plt = require("matplotlib.pyplot", extra="preview", purpose="preview")
-    import dask.array as da
-
-    if axis not in (0, 1, 2):
-        raise ValueError(f"axis must be 0, 1 or 2 (x, y, z), got {axis}")
-    target = open_target(location)
-    size = target.data.shape[axis]
-    if projection:
-        image = da.from_zarr(target.data).max(axis=axis).compute()
-        title = f"maximum along {'xyz'[axis]}"
-    else:
-        plane = size // 2 if index is None else index
-        if not 0 <= plane < size:
-            raise ValueError(
-                f"index must lie in [0, {size - 1}] on axis {'xyz'[axis]}, got {plane}"
-            )
-        selection = [slice(None)] * 3
-        selection[axis] = plane  # type: ignore[call-overload]
-        image = np.asarray(target.data[tuple(selection)])
-        title = f"{'xyz'[axis]} index {plane}"
-    grid = target.grid
+    image, extent, title = preview_image(location, axis=axis, index=index, projection=projection)
     shown = [d for d in range(3) if d != axis]
-    axes_values = grid.axes
-    extent = (
-        axes_values[shown[0]][0], axes_values[shown[0]][-1],
-        axes_values[shown[1]][0], axes_values[shown[1]][-1],
-    )  # fmt: skip
-    unit = target.record["unit"] or "coordinate units"
+    unit = open_target(location).record["unit"] or "coordinate units"
     figure, frame = plt.subplots(figsize=(6, 5))
     shown_image = frame.imshow(image.T, origin="lower", extent=extent, cmap="magma", aspect="equal")
     frame.set_xlabel(f"{'xyz'[shown[0]]} ({unit})")

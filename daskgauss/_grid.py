@@ -146,6 +146,11 @@ class Grid:
             self.origin[d] + np.arange(self.shape[d]) * self.spacing[d] for d in range(3)
         )
 
+    def coords(self) -> dict[str, np.ndarray]:
+        """The sample coordinates by axis name, ``{"x": ..., "y": ..., "z": ...}``:
+        :attr:`axes` in the form xarray takes as ``coords``."""
+        return dict(zip(("x", "y", "z"), self.axes, strict=True))
+
     @property
     def period(self) -> tuple[float, float, float]:
         """Length of the periodic box on each axis, ``shape * spacing``."""
