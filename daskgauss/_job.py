@@ -67,6 +67,9 @@ class JobSpec:
     sigma_range : tuple of 3 floats, or None
         Smallest, largest and mean sigma over all Gaussians and axes (coordinate
         units); None when M = 0. Descriptive, implied by the fingerprint.
+    amplitude_range : tuple of 2 floats, or None
+        Smallest and largest peak value of a Gaussian (weight times normalisation);
+        None when M = 0. Descriptive (viewers take contrast limits from it).
     tol : float
         Each Gaussian is cut below ``tol`` times its peak.
     normalize : {"peak", "density"}
@@ -84,6 +87,7 @@ class JobSpec:
     fingerprint: str
     centres: int
     sigma_range: tuple[float, float, float] | None
+    amplitude_range: tuple[float, float] | None
     tol: float
     normalize: str
     periodic: bool
@@ -150,6 +154,10 @@ class JobSpec:
                 "max": sigma[1] if sigma else None,
                 "mean": sigma[2] if sigma else None,
             },
+            "amplitude": {
+                "min": self.amplitude_range[0] if self.amplitude_range else None,
+                "max": self.amplitude_range[1] if self.amplitude_range else None,
+            },
             "tol": self.tol,
             "normalize": self.normalize,
             "periodic": self.periodic,
@@ -180,6 +188,9 @@ class JobSpec:
             sigma_range=None
             if sigma["min"] is None
             else (float(sigma["min"]), float(sigma["max"]), float(sigma["mean"])),
+            amplitude_range=None
+            if record["amplitude"]["min"] is None
+            else (float(record["amplitude"]["min"]), float(record["amplitude"]["max"])),
             tol=float(record["tol"]),
             normalize=record["normalize"],
             periodic=bool(record["periodic"]),

@@ -201,12 +201,16 @@ def plan(request: Request) -> Plan:
     chunks = block_chunks(request.chunks, grid.shape, dtype)
     binning = bin_gaussians(gaussians, grid, chunks, periodic=periodic)
     sigma = gaussians.sigma
+    amplitude = gaussians.amplitude
     spec = JobSpec(
         grid=grid,
         fingerprint=gaussians.fingerprint(),
         centres=gaussians.count,
         sigma_range=(float(sigma.min()), float(sigma.max()), float(sigma.mean()))
         if sigma.size
+        else None,
+        amplitude_range=(float(amplitude.min()), float(amplitude.max()))
+        if amplitude.size
         else None,
         tol=gaussians.tol,
         normalize=request.normalize,

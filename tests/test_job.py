@@ -31,6 +31,7 @@ def specs(draw) -> JobSpec:
         fingerprint=draw(st.text("0123456789abcdef", min_size=64, max_size=64)),
         centres=draw(st.integers(0, 10**10)),
         sigma_range=draw(st.none() | st.just((low, high, (low + high) / 2))),
+        amplitude_range=draw(st.none() | st.tuples(finite, finite).map(sorted).map(tuple)),
         tol=draw(st.floats(1e-12, 0.5)),
         normalize=draw(st.sampled_from(["peak", "density"])),
         periodic=draw(st.booleans()),
@@ -76,8 +77,8 @@ def test_same_inputs_same_spec_whatever_the_worker_count(rng):
 
 def test_irregular_blocks_have_no_record():
     spec = JobSpec(grid=dg.Grid(shape=10), fingerprint="0", centres=0, sigma_range=None,
-                   tol=1e-6, normalize="peak", periodic=False, dtype="float32",
-                   chunks=((3, 7), (10,), (10,)))  # fmt: skip
+                   amplitude_range=None, tol=1e-6, normalize="peak", periodic=False,
+                   dtype="float32", chunks=((3, 7), (10,), (10,)))  # fmt: skip
     assert not spec.regular
     with pytest.raises(ValueError, match="regular blocks"):
         spec.to_json()
@@ -110,8 +111,9 @@ def test_importing_daskgauss_does_not_import_distributed():
 
 def test_block_slices_follow_the_chunks():
     spec = JobSpec(grid=dg.Grid(shape=(10, 9, 8)), fingerprint="0", centres=0,
-                   sigma_range=None, tol=1e-6, normalize="peak", periodic=False,
-                   dtype="float32", chunks=regular_chunks((10, 9, 8), (4, 4, 8)))  # fmt: skip
+                   sigma_range=None, amplitude_range=None, tol=1e-6, normalize="peak",
+                   periodic=False, dtype="float32",
+                   chunks=regular_chunks((10, 9, 8), (4, 4, 8)))  # fmt: skip
     assert spec.numblocks == (3, 3, 1)
     assert spec.block_slices((2, 1, 0)) == (slice(8, 10), slice(4, 8), slice(0, 8))
     volume = np.zeros((10, 9, 8))

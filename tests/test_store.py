@@ -24,8 +24,9 @@ from daskgauss._store import (
 def make_spec(grid, block_shape, dtype="float32", compression="none", **changes) -> JobSpec:
     """A job spec for store tests that need a store, not Gaussians."""
     arguments = {
-        "grid": grid, "fingerprint": "f" * 64, "centres": 0, "sigma_range": None, "tol": 1e-6,
-        "normalize": "peak", "periodic": False, "dtype": dtype,
+        "grid": grid, "fingerprint": "f" * 64, "centres": 0, "sigma_range": None,
+        "amplitude_range": None, "tol": 1e-6, "normalize": "peak", "periodic": False,
+        "dtype": dtype,
         "chunks": regular_chunks(grid.shape, block_shape), "compression": compression,
     }  # fmt: skip
     return JobSpec(**(arguments | changes))
