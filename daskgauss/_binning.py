@@ -229,15 +229,15 @@ def _spatial_bin(position, low, high, origin, spacing, bin_side):
 
 @numba.njit(nogil=True, cache=True)
 def _stable_ranks(keys):
-    """Where each key goes when ``keys`` (int64) are sorted stably: a counting sort over
+    """Where each key goes when ``keys`` (integers) are sorted stably: a counting sort over
     the range the keys span, O(K), walking the keys in order (the bucket cursors stay
     in cache); where that range is far larger than K, a stable merge sort."""
     count = keys.shape[0]
     ranks = np.empty(count, np.int64)
     if count == 0:
         return ranks
-    low = keys.min()
-    span = keys.max() - low + 1
+    low = np.int64(keys.min())
+    span = np.int64(keys.max()) - low + 1
     if span > 4 * count + 65536:
         order = np.argsort(keys, kind="mergesort")
         for j in range(count):
@@ -307,10 +307,11 @@ def spatial_order(
 
 @numba.njit(nogil=True, cache=True)
 def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplitude, period,
-                     periodic):  # fmt: skip
+                     periodic, keep_keys):  # fmt: skip
     """Every pair's position (images shifted), sigma and amplitude, each block's run in
     the stable order of its ``keys``; sigma and amplitude stay one row where shared."""
     pairs = rows.shape[0]
+    out_keys = np.empty(pairs if keep_keys else 0, keys.dtype)
     out_positions = np.empty((pairs, 3))
     out_sigma = np.empty((pairs if sigma.shape[0] != 1 else 1, 3))
     out_amplitude = np.empty(pairs if amplitude.shape[0] != 1 else 1)
@@ -327,6 +328,8 @@ def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplit
             at = start + j
             c = rows[at]
             out = start + ranks[j]
+            if keep_keys:
+                out_keys[out] = keys[at]
             for d in range(3):
                 out_positions[out, d] = positions[c, d]
             if periodic:
@@ -342,7 +345,7 @@ def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplit
                     out_sigma[out, d] = sigma[c, d]
             if amplitude.shape[0] != 1:
                 out_amplitude[out] = amplitude[c]
-    return out_positions, out_sigma, out_amplitude
+    return out_positions, out_sigma, out_amplitude, out_keys
 
 
 @dataclass(frozen=True, eq=False)
@@ -367,6 +370,9 @@ class Binning:
         Per pair, or one row shared by all.
     amplitude : ndarray, shape (pairs,) or (1,), float64
         Per pair, or one value shared by all.
+    keys : ndarray, shape (pairs,), int64, or None
+        Each pair's spatial key (its global bin packed in C order), kept only when
+        asked for: what merging binnings of several chunks of centres sorts by.
     """
 
     grid: Grid
@@ -376,6 +382,7 @@ class Binning:
     positions: np.ndarray
     sigma: np.ndarray
     amplitude: np.ndarray
+    keys: np.ndarray | None = None
 
     @property
     def numblocks(self) -> tuple[int, int, int]:
@@ -475,7 +482,12 @@ def _check_fits_period(radius: np.ndarray, grid: Grid) -> None:
 
 
 def bin_gaussians(
-    gaussians: Gaussians, grid: Grid, chunks: Chunks, *, periodic: bool = False
+    gaussians: Gaussians,
+    grid: Grid,
+    chunks: Chunks,
+    *,
+    periodic: bool = False,
+    keep_keys: bool = False,
 ) -> Binning:
     """Group the Gaussians by the output blocks their support boxes reach.
 
@@ -487,6 +499,8 @@ def bin_gaussians(
         Block sizes along each axis (dask's normalised chunks for ``grid.shape``).
     periodic : bool
         Treat the grid as one tile of a periodic box (see ``gaussian_sum``).
+    keep_keys : bool
+        Keep each pair's spatial key (``Binning.keys``).
 
     Returns
     -------
@@ -514,11 +528,14 @@ def bin_gaussians(
     pairs = int(block_offsets[-1])
     rows = np.empty(pairs, row_type)
     images = np.empty(pairs if periodic else 0, np.int8)
-    keys = np.empty(pairs, np.int64)
+    # Keys are global bins packed in C order: int32 while they fit (any grid of up to
+    # about 2 x 10^9 bins of BIN_SHAPE samples).
+    bins = np.prod([-(-n // b) for n, b in zip(grid.shape, BIN_SHAPE, strict=True)])
+    keys = np.empty(pairs, np.int32 if bins < 2**31 else np.int64)
     _pairs(*arguments, True, block_offsets[:-1].copy(), rows, images, keys)
-    positions, sigma, amplitude = _ordered_sources(block_offsets, rows, images, keys, positions,
-                                                   gaussians.sigma, gaussians.amplitude, period,
-                                                   bool(periodic))  # fmt: skip
+    positions, sigma, amplitude, keys = _ordered_sources(
+        block_offsets, rows, images, keys, positions, gaussians.sigma, gaussians.amplitude,
+        period, bool(periodic), keep_keys)  # fmt: skip
     return Binning(
         grid=grid,
         chunks=chunks,
@@ -527,4 +544,5 @@ def bin_gaussians(
         positions=positions,
         sigma=sigma,
         amplitude=amplitude,
+        keys=keys if keep_keys else None,
     )

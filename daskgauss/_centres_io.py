@@ -12,6 +12,14 @@ Formats
     numeric columns, x y z. The chemistry XYZ layout (atom count, comment line,
     then ``symbol x y z``) is read too.
 
+Zarr (an array of shape (M, 3), or a group with ``centres`` (M, 3) and optional
+    ``weights`` (M,) and ``sigma`` (M,) or (M, 3)) and Parquet (a file, or a directory
+    of files, with columns ``x y z`` and optionally ``weight`` and ``sigma`` or
+    ``sx sy sz``; needs pyarrow, the ``parquet`` extra) are read lazily, as dask
+    arrays chunked as stored (Zarr chunks, Parquet row groups): their values are
+    read, validated and binned where the chunks are rendered, never all in one
+    process.
+
 A centres file is a local path or an fsspec URL (``s3://``, ``gs://``, ``https://``,
 ``file://`` ...; remote protocols need their fsspec package, e.g. ``s3fs``).
 """
@@ -22,10 +30,16 @@ import io
 import os
 import pathlib
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
+import dask
+import dask.array as da
 import fsspec
 import numpy as np
+import zarr
+
+from ._extras import require
 
 __all__ = ["CentresFile", "CentresFileError", "is_number", "read_centres"]
 
@@ -43,14 +57,17 @@ class CentresFile:
 
     Attributes
     ----------
-    centres : ndarray, shape (M, 3), float64
-    weights : ndarray, shape (M,), or None when the file has no weight column
-    sigma : ndarray, shape (M,) or (M, 3), or None when the file has no sigma columns
+    centres : ndarray or dask array, shape (M, 3)
+    weights : ndarray or dask array, shape (M,), or None when the file has no weights
+    sigma : ndarray or dask array, shape (M,) or (M, 3), or None when it has no sigmas
+    source : str
+        Where the centres came from, in words (for messages and the store's run log).
     """
 
-    centres: np.ndarray
-    weights: np.ndarray | None
-    sigma: np.ndarray | None
+    centres: Any
+    weights: Any
+    sigma: Any
+    source: str = ""
 
 
 def _fields(line: str) -> list[str]:
@@ -193,17 +210,119 @@ def read_centres(path: str | os.PathLike[str]) -> CentresFile:
     else:
         filesystem, inner = fsspec.filesystem("file"), name
     try:
+        if _is_zarr(filesystem, inner):
+            return _read_zarr(name)
+        if _is_parquet(filesystem, inner):
+            return _read_parquet(name, filesystem, inner)
         if filesystem.isdir(inner):
-            raise CentresFileError(f"{name}: is a directory, not a centres file")
+            raise CentresFileError(
+                f"{name}: is a directory, neither a Zarr store nor a directory of .parquet files"
+            )
         if not filesystem.isfile(inner):
             raise CentresFileError(f"{name}: no such file")
         suffix = pathlib.PurePosixPath(inner).suffix.lower()
         if suffix not in (".npy", *TEXT_SUFFIXES):
             raise CentresFileError(
-                f"{name}: unknown format {suffix or '(no suffix)'}; use .npy (M x 3) or "
-                f"{', '.join(TEXT_SUFFIXES)} (x y z columns)"
+                f"{name}: unknown format {suffix or '(no suffix)'}; use .npy (M x 3), "
+                f"{', '.join(TEXT_SUFFIXES)} (x y z columns), Zarr or Parquet"
             )
         data = filesystem.cat_file(inner)
     except OSError as error:
         raise CentresFileError(f"{name}: cannot be read ({error})") from None
-    return _read_npy(name, data) if suffix == ".npy" else _read_text(name, data)
+    read = _read_npy(name, data) if suffix == ".npy" else _read_text(name, data)
+    return replace(read, source=name)
+
+
+def _is_zarr(filesystem: Any, inner: str) -> bool:
+    return filesystem.isdir(inner) and any(
+        filesystem.exists(f"{inner.rstrip('/')}/{marker}")
+        for marker in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+def _parquet_files(filesystem: Any, inner: str) -> list[str]:
+    if filesystem.isdir(inner):
+        return sorted(f for f in filesystem.ls(inner, detail=False) if f.endswith(".parquet"))
+    return [inner] if inner.lower().endswith(".parquet") else []
+
+
+def _is_parquet(filesystem: Any, inner: str) -> bool:
+    return bool(_parquet_files(filesystem, inner))
+
+
+def _read_zarr(name: str) -> CentresFile:
+    """Centres (and weights, sigmas) of a Zarr array or group, as dask arrays."""
+    try:
+        node = zarr.open(name, mode="r")
+    except (OSError, ValueError, KeyError) as error:
+        raise CentresFileError(f"{name}: not a readable Zarr store ({error})") from None
+    if isinstance(node, zarr.Array):
+        parts = {"centres": node}
+    else:
+        if "centres" not in node:
+            raise CentresFileError(
+                f"{name}: a Zarr group needs an array 'centres' (M x 3), and may hold "
+                f"'weights' (M) and 'sigma' (M or M x 3); it has {sorted(node.array_keys())}"
+            )
+        parts = {key: node[key] for key in ("centres", "weights", "sigma") if key in node}
+    arrays = {key: da.from_zarr(array) for key, array in parts.items()}
+    centres = arrays["centres"]
+    if centres.ndim != 2 or centres.shape[1] != 3:
+        raise CentresFileError(f"{name}: centres must have shape (M, 3), got {centres.shape}")
+    if centres.shape[0] == 0:
+        raise CentresFileError(f"{name}: the store holds no centres")
+    return CentresFile(centres=centres, weights=arrays.get("weights"),
+                       sigma=arrays.get("sigma"), source=f"Zarr {name}")  # fmt: skip
+
+
+def _parquet_rows(path: str, group: int, columns: list[str], storage: dict) -> np.ndarray:
+    """One row group's columns as a float64 (rows, columns) array."""
+    parquet = require("pyarrow.parquet", extra="parquet", purpose="reading Parquet centres")
+    filesystem = fsspec.filesystem(**storage)
+    with filesystem.open(path, "rb") as stream:
+        table = parquet.ParquetFile(stream).read_row_group(group, columns=columns)
+    return np.stack([table.column(c).to_numpy().astype(np.float64) for c in columns], axis=1)
+
+
+def _read_parquet(name: str, filesystem: Any, inner: str) -> CentresFile:
+    """Centres (and weights, sigmas) of Parquet files, one dask chunk per row group."""
+    parquet = require("pyarrow.parquet", extra="parquet", purpose="reading Parquet centres")
+    files = _parquet_files(filesystem, inner)
+    with filesystem.open(files[0], "rb") as stream:
+        schema = parquet.ParquetFile(stream).schema_arrow.names
+    missing = [axis for axis in "xyz" if axis not in schema]
+    if missing:
+        raise CentresFileError(
+            f"{name}: Parquet centres need columns x y z (and may have weight, and sigma or "
+            f"sx sy sz); missing {' '.join(missing)} in {schema}"
+        )
+    per_axis = [axis for axis in ("sx", "sy", "sz") if axis in schema]
+    if "sigma" in schema and per_axis:
+        raise CentresFileError(f"{name}: give either a sigma column or sx sy sz, not both")
+    if per_axis and len(per_axis) != 3:
+        raise CentresFileError(f"{name}: sx sy sz go together; found only {' '.join(per_axis)}")
+    columns = ["x", "y", "z"] + [c for c in ("weight", "sigma", "sx", "sy", "sz") if c in schema]
+    protocol = filesystem.protocol if isinstance(filesystem.protocol, str) else (
+        filesystem.protocol[0])  # fmt: skip
+    storage = {"protocol": protocol, **filesystem.storage_options}
+    pieces = []
+    for path in files:
+        with filesystem.open(path, "rb") as stream:
+            metadata = parquet.ParquetFile(stream).metadata
+        for group in range(metadata.num_row_groups):
+            rows = metadata.row_group(group).num_rows
+            if rows:
+                task = dask.delayed(_parquet_rows, pure=True)(path, group, columns, storage)
+                pieces.append(da.from_delayed(task, shape=(rows, len(columns)), dtype=np.float64))
+    if not pieces:
+        raise CentresFileError(f"{name}: the Parquet files hold no centres")
+    table = da.concatenate(pieces)
+    where = {column: k for k, column in enumerate(columns)}
+    sigma = None
+    if "sigma" in where:
+        sigma = table[:, where["sigma"]]
+    elif "sx" in where:
+        sigma = table[:, [where["sx"], where["sy"], where["sz"]]]
+    return CentresFile(centres=table[:, 0:3],
+                       weights=table[:, where["weight"]] if "weight" in where else None,
+                       sigma=sigma, source=f"Parquet {name} ({len(files)} files)")  # fmt: skip

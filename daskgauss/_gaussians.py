@@ -16,7 +16,13 @@ from typing import Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-__all__ = ["Gaussians", "prepare_gaussians", "support_half_width"]
+__all__ = [
+    "NORMALIZATIONS",
+    "Gaussians",
+    "checked_tol",
+    "prepare_gaussians",
+    "support_half_width",
+]
 
 Normalize = Literal["peak", "density"]
 NORMALIZATIONS: tuple[str, ...] = ("peak", "density")
@@ -89,8 +95,12 @@ class Gaussians:
         return self._digest
 
 
-def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
-    """``value`` as float64 (no copy when it already is), refused unless all finite."""
+def _finite_float_array(value: ArrayLike, name: str, first_row: int = 0) -> np.ndarray:
+    """``value`` as float64 (no copy when it already is), refused unless all finite.
+
+    ``first_row``: the index of ``value``'s first row in the whole input, for the
+    message (a chunk of a larger array names the row in the array).
+    """
     if value is None:
         raise ValueError(f"{name} must be numeric, got None")
     try:
@@ -104,15 +114,13 @@ def _finite_float_array(value: ArrayLike, name: str) -> np.ndarray:
     # no temporary, where isfinite would allocate a mask as large as the input.
     if array.size and not (math.isfinite(array.min()) and math.isfinite(array.max())):
         bad = np.argwhere(~np.isfinite(array))[0]
-        raise ValueError(
-            f"{name} must be finite: found {array[tuple(bad)]} "
-            f"at index {tuple(int(i) for i in bad)}"
-        )
+        where = tuple(int(i) + (first_row if d == 0 else 0) for d, i in enumerate(bad))
+        raise ValueError(f"{name} must be finite: found {array[tuple(bad)]} at index {where}")
     return array
 
 
-def _centres(centres: ArrayLike) -> np.ndarray:
-    array = _finite_float_array(centres, "centres")
+def _centres(centres: ArrayLike, first_row: int) -> np.ndarray:
+    array = _finite_float_array(centres, "centres", first_row)
     if array.shape in ((0,), (0, 3)):
         return np.empty((0, 3))
     if array.ndim != 2 or array.shape[1] != 3:
@@ -131,8 +139,8 @@ def _shared_or_per_centre(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _sigma(sigma: ArrayLike, count: int) -> np.ndarray:
-    array = _finite_float_array(sigma, "sigma")
+def _sigma(sigma: ArrayLike, count: int, first_row: int) -> np.ndarray:
+    array = _finite_float_array(sigma, "sigma", first_row)
     if array.ndim == 0 or array.shape == (1,):
         full = np.full((1, 3), float(array.reshape(-1)[0]))
     elif array.shape == (count,):
@@ -150,14 +158,17 @@ def _sigma(sigma: ArrayLike, count: int) -> np.ndarray:
             f"got shape {array.shape}{hint}"
         )
     if array.size and array.min() <= 0:
-        raise ValueError(f"sigma must be positive, got a minimum of {array.min()}")
+        bad = np.argwhere(array <= 0)[0]
+        where = tuple(int(i) + (first_row if d == 0 else 0) for d, i in enumerate(bad))
+        where_text = f" at index {where}" if array.ndim else ""
+        raise ValueError(f"sigma must be positive, got {array[tuple(bad)]}{where_text}")
     return full if count else np.empty((0, 3))
 
 
-def _weights(weights: ArrayLike | None, count: int) -> np.ndarray:
+def _weights(weights: ArrayLike | None, count: int, first_row: int) -> np.ndarray:
     if weights is None:
         return np.ones(1 if count else 0)
-    array = _finite_float_array(weights, "weights")
+    array = _finite_float_array(weights, "weights", first_row)
     if array.ndim == 0:
         return np.full(1 if count else 0, float(array))
     if array.shape != (count,):
@@ -167,7 +178,8 @@ def _weights(weights: ArrayLike | None, count: int) -> np.ndarray:
     return _shared_or_per_centre(array)
 
 
-def _tol(tol: float) -> float:
+def checked_tol(tol: float) -> float:
+    """``tol`` as a float, if it lies in (0, 1)."""
     try:
         value = float(tol)
     except (TypeError, ValueError):
@@ -187,6 +199,7 @@ def prepare_gaussians(
     weights: ArrayLike | None = None,
     normalize: str = "peak",
     tol: float = 1e-6,
+    first_row: int = 0,
 ) -> Gaussians:
     """Validate user input and turn it into :class:`Gaussians`.
 
@@ -203,6 +216,9 @@ def prepare_gaussians(
         to its weight, amplitude ``w (2 pi)^(-3/2) / (sigma_x sigma_y sigma_z)``.
     tol : float in (0, 1)
         Cut each Gaussian where it falls below ``tol`` times its peak.
+    first_row : int
+        Index of the first centre in the whole input, for error messages (when
+        these centres are one chunk of a larger array).
 
     Raises
     ------
@@ -211,11 +227,11 @@ def prepare_gaussians(
     """
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
-    cut = _tol(tol)
-    positions = _centres(centres)
+    cut = checked_tol(tol)
+    positions = _centres(centres, first_row)
     count = positions.shape[0]
-    sigmas = _sigma(sigma, count)
-    amplitude = _weights(weights, count)
+    sigmas = _sigma(sigma, count, first_row)
+    amplitude = _weights(weights, count, first_row)
     if normalize == "density":
         if len(sigmas) > len(amplitude):  # per-centre sigma, one weight for all
             amplitude = np.broadcast_to(amplitude, (len(sigmas),))

@@ -9,9 +9,10 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from ._binning import Binning
 from ._block import render_block
+from ._chunked import is_chunked, lazy_volume
 from ._cluster import active_client
 from ._grid import Grid
-from ._plan import Request, plan
+from ._plan import Request, plan, plan_chunked
 
 __all__ = ["gaussian_sum"]
 
@@ -49,10 +50,15 @@ def gaussian_sum(
 
     Parameters
     ----------
-    centres : array_like, shape (M, 3)
+    centres : array_like or dask array, shape (M, 3)
         Centre coordinates (coordinate units). Column ``d`` is output axis ``d``
         (x, y, z: the ``"ij"`` meshgrid convention). M = 0 gives zeros. Centres
-        outside the grid count wherever their support reaches in.
+        outside the grid count wherever their support reaches in. A dask array
+        (from Zarr, Parquet, HDF5 ...) stays lazy: each chunk of rows is validated
+        and binned by a task where it lives, and each block gathers its pieces, so
+        no process holds all centres; the values are the same bits as for the
+        same centres in memory. Errors in the values then surface at compute time,
+        naming the row. ``sigma`` and ``weights`` may be dask arrays too.
     sigma : float or array_like, shape (M,), (M, 3) or (1, 3)
         Standard deviation (coordinate units): one for all, one per centre, one per
         centre and axis, or one anisotropic sigma for all.
@@ -127,10 +133,12 @@ def gaussian_sum(
     >>> round(float(volume[6, 5, 5].compute()), 6)
     0.606531
     """
-    job = plan(
-        Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
-                periodic=periodic, chunks=chunks, dtype=dtype)
-    )  # fmt: skip
+    request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
+                      periodic=periodic, chunks=chunks, dtype=dtype)  # fmt: skip
+    if is_chunked(centres, sigma, weights):
+        chunked = plan_chunked(request)
+        return lazy_volume(chunked.inputs, chunked.settings, chunked.dtype)
+    job = plan(request)
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a
     # distributed cluster they are scattered to one worker now (workers fetch them

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import functools
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import dask.array as da
 import dask.utils
@@ -33,18 +33,20 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config
 from ._binning import Binning, bin_gaussians
-from ._gaussians import Gaussians, prepare_gaussians
+from ._chunked import ChunkedInputs, ChunkSettings, chunked_inputs
+from ._gaussians import NORMALIZATIONS, Gaussians, checked_tol, prepare_gaussians
 from ._grid import Grid
 from ._job import Chunks, JobSpec
 
 __all__ = [
+    "ChunkedPlan",
     "Plan",
     "Request",
     "block_chunks",
     "default_block_shape",
     "output_dtype",
     "plan",
-    "with_store",
+    "plan_chunked",
 ]
 
 # Default block sides are multiples of this, so that the kernel's slabs of planes
@@ -171,6 +173,17 @@ def _normalize_block_shape(
     return da.core.normalize_chunks(block_shape, shape=shape, dtype=dtype)
 
 
+def _check_grid_and_periodic(request: Request) -> bool:
+    if not isinstance(request.grid, Grid):
+        raise TypeError(
+            f"grid must be a daskgauss.Grid (e.g. Grid.from_bounds(lower, upper, shape)), "
+            f"got {type(request.grid).__name__}"
+        )
+    if not isinstance(request.periodic, bool | np.bool_):
+        raise ValueError(f"periodic must be True or False, got {request.periodic!r}")
+    return bool(request.periodic)
+
+
 def plan(request: Request) -> Plan:
     """Validate every argument of a request, choose the blocks and bin the Gaussians.
 
@@ -182,14 +195,7 @@ def plan(request: Request) -> Plan:
         Anything else the user gave is not valid; the message names it.
     """
     grid = request.grid
-    if not isinstance(grid, Grid):
-        raise TypeError(
-            f"grid must be a daskgauss.Grid (e.g. Grid.from_bounds(lower, upper, shape)), "
-            f"got {type(grid).__name__}"
-        )
-    if not isinstance(request.periodic, bool | np.bool_):
-        raise ValueError(f"periodic must be True or False, got {request.periodic!r}")
-    periodic = bool(request.periodic)
+    periodic = _check_grid_and_periodic(request)
     gaussians = prepare_gaussians(
         request.centres,
         request.sigma,
@@ -221,6 +227,40 @@ def plan(request: Request) -> Plan:
     return Plan(gaussians, binning, spec)
 
 
-def with_store(job: Plan, *, unit: str | None, compression: str) -> Plan:
-    """The same plan with the unit and codec of the store it is written to."""
-    return replace(job, spec=replace(job.spec, unit=unit, compression=compression))
+@dataclass(frozen=True, eq=False)
+class ChunkedPlan:
+    """A request whose centres (or sigmas or weights) are dask arrays: checked as far as
+    possible without reading them. Their values are validated, hashed and binned by
+    tasks where the chunks live (:mod:`._chunked`).
+
+    Attributes
+    ----------
+    inputs : ChunkedInputs
+    settings : ChunkSettings
+    dtype : numpy.dtype
+    """
+
+    inputs: ChunkedInputs
+    settings: ChunkSettings
+    dtype: np.dtype
+
+
+def plan_chunked(request: Request, *, source: str = "centres") -> ChunkedPlan:
+    """Check a request with dask-array inputs, reading none of their data.
+
+    ``source`` names the input in the messages of errors found in its values.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`plan`, for everything that can be checked without the values.
+    """
+    periodic = _check_grid_and_periodic(request)
+    if request.normalize not in NORMALIZATIONS:
+        raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {request.normalize!r}")
+    tol = checked_tol(request.tol)
+    dtype = output_dtype(request.dtype)
+    chunks = block_chunks(request.chunks, request.grid.shape, dtype)
+    inputs = chunked_inputs(request.centres, request.sigma, request.weights)
+    settings = ChunkSettings(request.grid, chunks, tol, request.normalize, periodic, source)
+    return ChunkedPlan(inputs, settings, dtype)

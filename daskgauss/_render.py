@@ -16,10 +16,11 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _config
 from ._binning import BlockSources
 from ._block import render_block
+from ._chunked import ChunkSettings, Piece, block_tasks, fingerprint, is_chunked, merge, summaries
 from ._cluster import active_client
 from ._grid import Grid
 from ._job import JobSpec
-from ._plan import Plan, Request, plan, with_store
+from ._plan import ChunkedPlan, Plan, Request, plan, plan_chunked
 from ._store import (
     StoreMismatchError,
     Target,
@@ -83,6 +84,19 @@ def _render_and_write(location: str, spec: JobSpec, block_index: tuple[int, int,
     """One task: render one block from the sidecar, write it; return its source count."""
     target = open_target_for_job(location, spec.token)
     sources = BlockSources.from_table(target.source_rows(block_index), spec.grid, spec.tol)
+    return _write(target, spec, block_index, sources)
+
+
+def _write_pieces(location: str, spec: JobSpec, settings: ChunkSettings,
+                  block_index: tuple[int, int, int], *pieces: Piece) -> int:  # fmt: skip
+    """One task (chunked centres): render one block from its pieces, write it."""
+    target = open_target_for_job(location, spec.token)
+    return _write(target, spec, block_index, merge(pieces, settings))
+
+
+def _write(target: Target, spec: JobSpec, block_index: tuple[int, int, int],
+           sources: BlockSources) -> int:  # fmt: skip
+    """Render one block's sources into the thread's buffer and write it; return the count."""
     slices = spec.block_slices(block_index)
     shape = tuple(s.stop - s.start for s in slices)
     dtype = np.dtype(spec.dtype)
@@ -117,11 +131,12 @@ def _execute(tasks: list[Any], progress: bool) -> list[int]:
     return list(dask.compute(*tasks))
 
 
-def _record_run(target: Target, report: RenderReport) -> None:
+def _record_run(target: Target, report: RenderReport, source: str) -> None:
     from . import __version__
 
     record = asdict(report)
     record["version"] = __version__
+    record["source"] = source
     record["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     attributes = dict(target.group.attrs["daskgauss"])
     attributes["runs"] = [*attributes.get("runs", []), record]
@@ -138,8 +153,13 @@ class RenderJob:
     ----------
     store : str
         Where the store is (a local path or an fsspec URL).
-    plan : Plan
-        The validated, binned job; ``plan.spec`` is what the store records.
+    plan : Plan or ChunkedPlan
+        The validated job: binned in memory, or (dask-array centres) to be binned
+        where the chunks live.
+    spec : JobSpec
+        What the store records.
+    pairs : ndarray, shape ``spec.numblocks``, int64
+        Gaussians reaching each block (0: nothing to render).
     resume : bool
         Whether the store holds this job already (to be continued).
     overwrite : bool
@@ -148,29 +168,28 @@ class RenderJob:
         The volume, once :meth:`run` has created or opened the store.
     """
 
-    def __init__(self, store: str, job: Plan, *, resume: bool, overwrite: bool):
+    def __init__(self, store: str, job: Plan | ChunkedPlan, spec: JobSpec, pairs: np.ndarray,
+                 *, resume: bool, overwrite: bool, source: str):  # fmt: skip
         self.store = store
+        self.source = source
         self.plan = job
+        self.spec = spec
+        self.pairs = pairs
         self.resume = resume
         self.overwrite = overwrite
         self.data: zarr.Array | None = None
 
-    def run(self, progress: bool = False) -> RenderReport:
-        """Create or resume the store, render the blocks not yet done, record the run."""
-        started = time.perf_counter()
-        binning = self.plan.binning
-        spec = self.plan.spec
-        target = create_target(self.store, spec=spec, overwrite=self.overwrite)
-        # Later runs of the same object resume rather than overwrite.
-        resumed, self.resume, self.overwrite = self.resume, True, False
+    def _tasks(self, target: Target, pending: list[tuple[int, int, int]]) -> list[Any]:
+        """One render-and-write task per pending block."""
+        spec = self.spec
+        if isinstance(self.plan, ChunkedPlan):
+            tasks = block_tasks(self.plan.inputs, self.plan.settings, pending, _write_pieces,
+                                (target.location, spec, self.plan.settings),
+                                f"daskgauss-render-{spec.token}")  # fmt: skip
+            return list(tasks.values())
         if not target.sources_complete():
-            target.write_sources(*binning.table)
-        done = target.done_mask()
-        counts = np.diff(binning.block_offsets).reshape(spec.numblocks)
-        empty = np.argwhere(~done & (counts == 0))
-        target.mark_done(empty)
-        pending = [tuple(int(i) for i in index) for index in np.argwhere(~done & (counts > 0))]
-        tasks = [
+            target.write_sources(*self.plan.binning.table)
+        return [
             dask.delayed(_render_and_write, pure=True)(
                 target.location,
                 spec,
@@ -179,19 +198,56 @@ class RenderJob:
             )
             for index in pending
         ]
-        if tasks:
-            _execute(tasks, progress)
+
+    def run(self, progress: bool = False) -> RenderReport:
+        """Create or resume the store, render the blocks not yet done, record the run."""
+        started = time.perf_counter()
+        target = create_target(self.store, spec=self.spec, overwrite=self.overwrite)
+        # Later runs of the same object resume rather than overwrite.
+        resumed, self.resume, self.overwrite = self.resume, True, False
+        done = target.done_mask()
+        empty = np.argwhere(~done & (self.pairs == 0))
+        target.mark_done(empty)
+        pending = [tuple(int(i) for i in index) for index in np.argwhere(~done & (self.pairs > 0))]
+        if pending:
+            _execute(self._tasks(target, pending), progress)
         report = RenderReport(
-            blocks=int(counts.size),
+            blocks=int(self.pairs.size),
             already_done=int(done.sum()),
             empty=len(empty),
             rendered=len(pending),
             seconds=time.perf_counter() - started,
             resumed=resumed,
         )
-        _record_run(target, report)
+        _record_run(target, report, self.source)
         self.data = target.data
         return report
+
+
+def _chunked_spec(job: ChunkedPlan) -> tuple[JobSpec, np.ndarray]:
+    """Pass 1 over dask-array centres, where their chunks live: validate and hash every
+    chunk and count its pairs per block. Returns the job's spec (without store settings)
+    and the pairs per block."""
+    parts = _execute(summaries(job.inputs, job.settings), progress=False)
+    settings = job.settings
+    count = sum(part.count for part in parts)
+    numblocks = tuple(len(sizes) for sizes in settings.chunks)
+    pairs = np.sum([part.pairs for part in parts], axis=0).reshape(numblocks)
+    spec = JobSpec(
+        grid=settings.grid,
+        fingerprint=fingerprint(parts),
+        centres=count,
+        sigma_range=(min(p.sigma_min for p in parts), max(p.sigma_max for p in parts),
+                     sum(p.sigma_sum for p in parts) / (3 * count)) if count else None,
+        amplitude_range=(min(p.amplitude_min for p in parts),
+                         max(p.amplitude_max for p in parts)) if count else None,
+        tol=settings.tol,
+        normalize=settings.normalize,
+        periodic=settings.periodic,
+        dtype=job.dtype.name,
+        chunks=settings.chunks,
+    )  # fmt: skip
+    return spec, pairs
 
 
 def prepare_render(
@@ -201,11 +257,15 @@ def prepare_render(
     unit: str | None = None,
     compression: str | None = None,
     overwrite: bool = False,
+    source: str = "centres",
 ) -> RenderJob:
     """Validate a render and check its store, writing nothing; see :func:`render_to_zarr`.
 
     Without explicit ``request.chunks`` a store that already holds a job lends it
-    its block shape, so a rerun resumes whatever the machine's defaults are.
+    its block shape, so a rerun resumes whatever the machine's defaults are. With
+    dask-array centres the values are validated and hashed where their chunks live
+    (on the active ``distributed.Client``, if any): an error there, naming
+    ``source`` and the row, is raised here, before anything is written.
     """
     check_unit(unit)
     codec = str(compression if compression is not None else _config.get("compression"))
@@ -215,19 +275,28 @@ def prepare_render(
     recorded = None if overwrite else recorded_job(location)
     if recorded is not None and request.chunks is None:
         request = replace(request, chunks=recorded.block_shape)
-    job = with_store(plan(request), unit=unit, compression=codec)
-    if not job.spec.regular:
+    job: Plan | ChunkedPlan
+    if is_chunked(request.centres, request.sigma, request.weights):
+        job = plan_chunked(request, source=source)
+        spec, pairs = _chunked_spec(job)
+    else:
+        job = plan(request)
+        spec = job.spec
+        pairs = np.diff(job.binning.block_offsets).reshape(spec.numblocks)
+    spec = replace(spec, unit=unit, compression=codec)
+    if not spec.regular:
         raise ValueError(
             "chunks for Zarr output must be regular (equal blocks, a smaller last one on each "
-            f"axis); got {job.spec.chunks}. Give one block size per axis."
+            f"axis); got {spec.chunks}. Give one block size per axis."
         )
-    if recorded is not None and recorded != job.spec:
+    if recorded is not None and recorded != spec:
         raise StoreMismatchError(
             f"{location} holds a different daskgauss job "
-            f"({', '.join(recorded.differences(job.spec))}). Its data are left intact. "
+            f"({', '.join(recorded.differences(spec))}). Its data are left intact. "
             "Use another path, or pass overwrite=True (--overwrite) to replace it."
         )
-    return RenderJob(location, job, resume=recorded is not None, overwrite=overwrite)
+    return RenderJob(location, job, spec, pairs, resume=recorded is not None, overwrite=overwrite,
+                     source=source)  # fmt: skip
 
 
 def render_to_zarr(

@@ -14,6 +14,7 @@ import click
 import numpy as np
 
 from ._centres_io import is_number, read_centres
+from ._chunked import is_chunked
 from ._cluster import ClusterError, connect
 from ._export import export_mrc, preview_png, store_summary
 from ._extras import MissingExtraError
@@ -257,8 +258,11 @@ def render(
     """Render the Gaussians centred at CENTRES into the Zarr store STORE.
 
     CENTRES is .npy (M x 3) or .csv/.txt/.xyz with a header naming x y z and
-    optional weight and sigma (or sx sy sz) columns. CENTRES and STORE are paths or
-    fsspec URLs. Running the same command again resumes an interrupted render.
+    optional weight and sigma (or sx sy sz) columns; or, read lazily chunk by chunk
+    on the cluster, a Zarr array (M x 3) or group (centres, optional weights and
+    sigma) or Parquet file(s) with columns x y z [weight] [sigma | sx sy sz].
+    CENTRES and STORE are paths or fsspec URLs. Running the same command again
+    resumes an interrupted render.
     """
     started = time.perf_counter()
     try:
@@ -285,9 +289,12 @@ def render(
             chunks=chunks,
             dtype=dtype,
         )
-        job = prepare_render(
-            store, request, unit=unit, compression=compression, overwrite=overwrite
-        )
+        options = {"unit": unit, "compression": compression, "overwrite": overwrite,
+                   "source": data.source}  # fmt: skip
+        # Centres in memory are validated before a cluster starts; chunked ones (Zarr,
+        # Parquet) are validated where their chunks are read, on the cluster.
+        chunked = is_chunked(data.centres, data.sigma, data.weights)
+        job = None if chunked else prepare_render(store, request, **options)
         with connect(
             scheduler=scheduler,
             scheduler_file=scheduler_file,
@@ -296,6 +303,9 @@ def render(
         ) as client:
             where = scheduler or scheduler_file or "a local cluster"
             click.echo(f"rendering {grid.shape} on {where} (dashboard: {client.dashboard_link})")
+            if job is None:
+                click.echo(f"reading and checking {data.source} on the cluster")
+                job = prepare_render(store, request, **options)
             report = job.run(progress=True)
     except _USER_ERRORS as error:
         _fail(error)
@@ -348,6 +358,8 @@ def info(store: str, as_json: bool) -> None:
         f"progress    {summary['blocks_done']} of {summary['blocks']} blocks done",
         f"runs        {len(summary['runs'])}",
     ]
+    if summary["runs"] and summary["runs"][-1].get("source"):
+        lines.append(f"centres     {summary['runs'][-1]['source']}")
     if summary["bytes_on_disk"] is not None:
         lines.append(f"on disk     {summary['bytes_on_disk'] / 2**20:.1f} MiB")
     click.echo("\n".join(lines))

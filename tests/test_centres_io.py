@@ -413,3 +413,100 @@ def test_url_errors_name_the_url(memory_folder):
     for url, message in cases.items():
         with pytest.raises(CentresFileError, match=re.escape(f"{url}") + ".*" + re.escape(message)):
             read_centres(url)
+
+
+# ----------------------------------------------------------------------------- Zarr and Parquet
+
+
+def test_zarr_array_reads_lazily(tmp_path):
+    import dask.array as da
+    import zarr
+
+    path = tmp_path / "c.zarr"
+    zarr.create_array(str(path), data=XYZ, chunks=(2, 3))
+    read = read_centres(path)
+    assert isinstance(read.centres, da.Array)
+    assert read.centres.chunks[0] == (2, 1)
+    np.testing.assert_array_equal(read.centres.compute(), XYZ)
+    assert read.weights is None
+    assert read.sigma is None
+    assert read.source == f"Zarr {path}"
+
+
+def test_zarr_group_with_weights_and_sigma(tmp_path):
+    import zarr
+
+    path = tmp_path / "g.zarr"
+    group = zarr.create_group(str(path))
+    group.create_array("centres", data=XYZ, chunks=(2, 3))
+    group.create_array("weights", data=WEIGHT, chunks=(2,))
+    group.create_array("sigma", data=SXYZ, chunks=(2, 3))
+    read = read_centres(path)
+    np.testing.assert_array_equal(read.centres.compute(), XYZ)
+    np.testing.assert_array_equal(read.weights.compute(), WEIGHT)
+    np.testing.assert_array_equal(read.sigma.compute(), SXYZ)
+
+
+def test_zarr_group_without_centres_is_refused(tmp_path):
+    import zarr
+
+    path = tmp_path / "g.zarr"
+    zarr.create_group(str(path)).create_array("points", data=XYZ)
+    with pytest.raises(CentresFileError, match=r"needs an array 'centres' .* \['points'\]"):
+        read_centres(path)
+
+
+def test_zarr_array_of_the_wrong_shape_is_refused(tmp_path):
+    import zarr
+
+    path = tmp_path / "c.zarr"
+    zarr.create_array(str(path), data=XYZ[:, :2])
+    with pytest.raises(CentresFileError, match=r"centres must have shape \(M, 3\), got \(3, 2\)"):
+        read_centres(path)
+
+
+def _parquet(path, columns: dict, row_group_size: int = 2):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), str(path), row_group_size=row_group_size)
+
+
+def test_parquet_file_one_chunk_per_row_group(tmp_path):
+    path = tmp_path / "c.parquet"
+    _parquet(path, {"x": XYZ[:, 0], "y": XYZ[:, 1], "z": XYZ[:, 2], "weight": WEIGHT,
+                    "sigma": SIGMA, "name": ["a", "b", "c"]})  # fmt: skip
+    read = read_centres(path)
+    assert read.centres.chunks[0] == (2, 1)
+    np.testing.assert_array_equal(read.centres.compute(), XYZ)
+    np.testing.assert_array_equal(read.weights.compute(), WEIGHT)
+    np.testing.assert_array_equal(read.sigma.compute(), SIGMA)
+    assert read.source == f"Parquet {path} (1 files)"
+
+
+def test_parquet_directory_with_sx_sy_sz(tmp_path):
+    directory = tmp_path / "parts"
+    directory.mkdir()
+    for part, rows in enumerate((slice(0, 2), slice(2, 3))):
+        _parquet(directory / f"part-{part}.parquet",
+                 {"z": XYZ[rows, 2], "y": XYZ[rows, 1], "x": XYZ[rows, 0],
+                  "sx": SXYZ[rows, 0], "sy": SXYZ[rows, 1], "sz": SXYZ[rows, 2]})  # fmt: skip
+    read = read_centres(directory)
+    np.testing.assert_array_equal(read.centres.compute(), XYZ)
+    np.testing.assert_array_equal(read.sigma.compute(), SXYZ)
+    assert read.weights is None
+
+
+@pytest.mark.parametrize(
+    ("columns", "message"),
+    [
+        ({"x": [1.0], "y": [2.0]}, "missing z"),
+        ({"x": [1.0], "y": [2.0], "z": [3.0], "sigma": [1.0], "sx": [1.0]}, "not both"),
+        ({"x": [1.0], "y": [2.0], "z": [3.0], "sx": [1.0], "sy": [1.0]}, "sx sy sz go together"),
+    ],
+)
+def test_bad_parquet_columns_are_refused(tmp_path, columns, message):
+    path = tmp_path / "bad.parquet"
+    _parquet(path, columns)
+    with pytest.raises(CentresFileError, match=message):
+        read_centres(path)

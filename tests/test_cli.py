@@ -776,3 +776,45 @@ def test_an_internal_error_shows_its_traceback_and_asks_for_a_report(
     assert "TypeError: unsupported operand type(s)" in error
     assert "please report it" in error.lower()
     assert not (tmp_path / "out.zarr").exists()
+
+
+@pytest.mark.parametrize("layout", ["zarr-group", "parquet"])
+def test_render_from_chunked_centres_equals_gaussian_sum(inputs, tmp_path, layout):
+    """Zarr and Parquet centres are read on the cluster, chunk by chunk; same bits."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    centres, sigma, weight = inputs["centres"], inputs["sigma"], inputs["weight"]
+    if layout == "zarr-group":
+        source = tmp_path / "centres.zarr"
+        group = zarr.create_group(str(source))
+        group.create_array("centres", data=centres, chunks=(50, 3))
+        group.create_array("weights", data=weight, chunks=(50,))
+        group.create_array("sigma", data=sigma, chunks=(50,))
+    else:
+        source = tmp_path / "centres.parquet"
+        table = pa.table({"x": centres[:, 0], "y": centres[:, 1], "z": centres[:, 2],
+                          "weight": weight, "sigma": sigma})  # fmt: skip
+        pq.write_table(table, str(source), row_group_size=50)
+    store = tmp_path / "out.zarr"
+    result, _ = _invoke("render", source, store, *GRID_OPTIONS, "--chunks", "16", "12", "20",
+                        *SMALL_CLUSTER)  # fmt: skip
+    _succeeded(result)
+    assert "reading and checking" in result.output
+    expected = dg.gaussian_sum(centres, sigma, _basic_grid(), weights=weight,
+                               chunks=CHUNKS).compute()  # fmt: skip
+    np.testing.assert_array_equal(_volume(store), expected)
+    info, _ = _invoke("info", store)
+    _succeeded(info)
+    assert f"centres     {'Zarr' if layout == 'zarr-group' else 'Parquet'} {source}" in info.output
+
+
+def test_a_bad_row_in_chunked_centres_is_one_line_and_no_store(inputs, tmp_path):
+    centres = inputs["centres"].copy()
+    centres[77, 2] = np.nan
+    source = tmp_path / "bad.zarr"
+    zarr.create_array(str(source), data=centres, chunks=(50, 3))
+    store = tmp_path / "out.zarr"
+    result, _ = _invoke("render", source, store, *GRID_OPTIONS, "--sigma", "1", *SMALL_CLUSTER)
+    _user_error(result, "centres must be finite", "(77, 2)", str(source))
+    assert not store.exists()

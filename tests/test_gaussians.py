@@ -297,10 +297,28 @@ def test_non_finite_weights_are_refused(bad):
         prepare_gaussians(CENTRES, 1.0, weights=bad)
 
 
-@pytest.mark.parametrize("sigma", [0.0, -0.5, [1.0, 2.0, 0.0, 1.0], [[1.0, 1.0, -1e-300]]])
-def test_non_positive_sigma_is_refused(sigma):
-    with pytest.raises(ValueError, match="sigma must be positive, got a minimum of"):
+@pytest.mark.parametrize(
+    ("sigma", "message"),
+    [
+        (0.0, r"got 0\.0$"),
+        (-0.5, r"got -0\.5$"),
+        ([1.0, 2.0, 0.0, 1.0], r"got 0\.0 at index \(2,\)"),
+        ([[1.0, 1.0, -1e-300]], r"got -1e-300 at index \(0, 2\)"),
+    ],
+)
+def test_non_positive_sigma_is_refused_naming_the_first_bad_one(sigma, message):
+    with pytest.raises(ValueError, match="sigma must be positive, " + message):
         prepare_gaussians(CENTRES, sigma)
+
+
+def test_error_rows_count_from_first_row():
+    """A chunk of a larger input names the rows of the whole input."""
+    centres = CENTRES.copy()
+    centres[2, 1] = np.nan
+    with pytest.raises(ValueError, match=r"centres must be finite: found nan at index \(1002, 1\)"):
+        prepare_gaussians(centres, 1.0, first_row=1000)
+    with pytest.raises(ValueError, match=r"sigma must be positive, got -1\.0 at index \(503,\)"):
+        prepare_gaussians(CENTRES, [1.0, 1.0, 1.0, -1.0], first_row=500)
 
 
 @pytest.mark.parametrize(

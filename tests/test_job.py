@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 import daskgauss as dg
 from daskgauss._job import FORMAT, JobSpec, StoreFormatError, check_format, regular_chunks
-from daskgauss._plan import Request, plan, with_store
+from daskgauss._plan import Request, plan
 
 finite = st.floats(-1e6, 1e6, allow_nan=False)
 positive = st.floats(1e-3, 1e3, allow_nan=False)
@@ -54,10 +55,10 @@ def test_spec_round_trips_through_json_text(spec):
 def test_planned_spec_round_trips_and_names_its_differences(rng):
     request = Request(rng.uniform(-5, 5, (50, 3)), rng.uniform(0.5, 1, 50), dg.Grid(shape=20),
                       weights=rng.normal(size=50), chunks=8)  # fmt: skip
-    spec = with_store(plan(request), unit="angstrom", compression="lz4").spec
+    spec = replace(plan(request).spec, unit="angstrom", compression="lz4")
     assert JobSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
-    other = with_store(plan(Request(**{**request.__dict__, "tol": 1e-4})), unit="angstrom",
-                       compression="lz4").spec  # fmt: skip
+    other = replace(plan(Request(**{**request.__dict__, "tol": 1e-4})).spec, unit="angstrom",
+                    compression="lz4")  # fmt: skip
     assert other != spec
     assert other.token != spec.token
     changed = {difference.split(":")[0] for difference in spec.differences(other)}
