@@ -25,25 +25,24 @@ for _name, _value in THREAD_LIMITS.items():
 
 
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the kernel for float32 and float64 blocks."""
-    from ._kernel import add_gaussians_to_block
+    """Compile (or load from numba's cache) what block tasks run: the binning's
+    gathering and ordering, and both kernels, for float32 and float64 blocks."""
+    import dask
 
-    one = np.ones((1, 3))
-    for dtype in (np.float32, np.float64):
-        add_gaussians_to_block(
-            np.zeros((2, 2, 2), dtype=dtype),
-            np.zeros(3, dtype=np.int64),
-            np.zeros(3),
-            np.ones(3),
-            np.zeros((1, 3)),
-            one,
-            np.ones(1),
-            np.zeros((1, 3), dtype=np.int64),
-            np.ones((1, 3), dtype=np.int64),
-            13.8,
-            16,
-            True,
-        )
+    from . import Grid
+    from ._binning import bin_gaussians
+    from ._block import render_block
+    from ._gaussians import prepare_gaussians
+
+    grid = Grid(shape=4)
+    for weights in (None, np.array([1.0, 2.0])):
+        gaussians = prepare_gaussians(np.full((2, 3), 1.5), 0.7, weights=weights)
+        binning = bin_gaussians(gaussians, grid, ((4,), (4,), (4,)), keep_keys=True)
+        sources = binning.block_sources((0, 0, 0))
+        for kernel in ("strips", "narrow"):
+            for dtype in (np.float32, np.float64):
+                with dask.config.set({"daskgauss.kernel": kernel}):
+                    render_block(sources, grid, 1e-6, np.zeros(3, np.int64), (4, 4, 4), dtype)
 
 
 def dask_setup(worker: Any = None) -> None:
