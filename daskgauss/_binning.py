@@ -59,8 +59,9 @@ class BlockSources:
 
     Attributes
     ----------
-    positions, sigma : ndarray, shape (K, 3), float64
-    amplitude : ndarray, shape (K,), float64
+    positions : ndarray, shape (K, 3), float64
+    sigma : ndarray, shape (K, 3), or (1, 3) shared by all, float64
+    amplitude : ndarray, shape (K,), or (1,) shared by all, float64
     index_low, index_high : ndarray, shape (K, 3), int64
         Inclusive global sample index range of each support box, clipped to the grid.
     """
@@ -74,7 +75,7 @@ class BlockSources:
     @property
     def count(self) -> int:
         """Number of sources, K."""
-        return int(self.amplitude.shape[0])
+        return int(self.positions.shape[0])
 
     @classmethod
     def from_table(cls, rows: np.ndarray, grid: Grid, tol: float) -> BlockSources:
@@ -104,10 +105,12 @@ def _index_boxes(positions, sigma, half_width, origin, spacing, shape):
     count = positions.shape[0]
     low = np.empty((count, 3), np.int64)
     high = np.empty((count, 3), np.int64)
+    sigma_step = 1 if sigma.shape[0] > 1 else 0  # one row shared by all, or one per source
     for c in range(count):
         for d in range(3):
-            low[c, d], high[c, d] = _index_range(positions[c, d], sigma[c, d] * half_width,
-                                                 origin[d], spacing[d], shape[d] - 1.0)  # fmt: skip
+            radius = sigma[c * sigma_step, d] * half_width
+            low[c, d], high[c, d] = _index_range(positions[c, d], radius, origin[d], spacing[d],
+                                                 shape[d] - 1.0)  # fmt: skip
     return low, high
 
 
@@ -412,11 +415,9 @@ class Binning:
         return int(self.block_offsets[-1])
 
     def _rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Positions, sigmas and amplitudes of rows ``start:stop`` (shared values repeated)."""
-        count = stop - start
-        sigma = self.sigma[start:stop] if len(self.sigma) != 1 else np.repeat(self.sigma, count, 0)
-        amplitude = (self.amplitude[start:stop] if len(self.amplitude) != 1
-                     else np.repeat(self.amplitude, count))  # fmt: skip
+        """Positions, sigmas and amplitudes of rows ``start:stop`` (shared values as one row)."""
+        sigma = self.sigma[start:stop] if len(self.sigma) != 1 else self.sigma
+        amplitude = self.amplitude[start:stop] if len(self.amplitude) != 1 else self.amplitude
         return self.positions[start:stop], sigma, amplitude
 
     def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
@@ -437,7 +438,10 @@ class Binning:
         reads a block's rows back (recomputing the sample index ranges).
         """
         positions, sigma, amplitude = self._rows(start, stop)
-        return np.concatenate([positions, sigma, amplitude[:, None]], axis=1)
+        count = stop - start
+        columns = (positions, np.broadcast_to(sigma, (count, 3)),
+                   np.broadcast_to(amplitude, (count,))[:, None])  # fmt: skip
+        return np.concatenate(columns, axis=1)
 
     @property
     def table(self) -> tuple[np.ndarray, int, Callable[[int, int], np.ndarray]]:

@@ -80,17 +80,22 @@ def _axis_factors(axis, block_start, origin, spacing, positions, sigma, scale, l
     ``error_model="numpy"``: no division-by-zero branch (sigma > 0), so the inner
     loop vectorises.
     """
+    # sigma and scale may hold one row shared by every Gaussian.
+    sigma_step = 1 if sigma.shape[0] > 1 else 0
+    scale_step = 1 if scale.shape[0] > 1 else 0
     for c in range(positions.shape[0]):
         # Views indexed from 0, so that the loop provably writes contiguous memory.
         gaussian_exponents = exponents[offset[c, axis] : offset[c + 1, axis]]
         gaussian_factors = factors[offset[c, axis] : offset[c + 1, axis]]
         first = block_start[axis] + low[c, axis]
+        width = sigma[c * sigma_step, axis]
+        weight = scale[c * scale_step]
         for j in range(gaussian_factors.shape[0]):
             coordinate = origin[axis] + (first + j) * spacing[axis]
-            scaled = (coordinate - positions[c, axis]) / sigma[c, axis]
+            scaled = (coordinate - positions[c, axis]) / width
             exponent = 0.5 * scaled * scaled
             gaussian_exponents[j] = exponent
-            gaussian_factors[j] = scale[c] * exp_negative(exponent)
+            gaussian_factors[j] = weight * exp_negative(exponent)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -100,7 +105,7 @@ def _factors(block, block_start, origin, spacing, positions, sigma, amplitude, l
     ``factor_x`` carries the amplitude; ``factor_z`` is in the block's dtype.
     """
     count = positions.shape[0]
-    ones = np.ones(count)
+    ones = np.ones(1)
     exponent_x = np.empty(offset[count, 0])
     factor_x = np.empty(offset[count, 0])
     exponent_y = np.empty(offset[count, 1])
@@ -220,9 +225,9 @@ def add_gaussians_to_block(
         ``origin[d] + k * spacing[d]`` (coordinate units).
     positions : ndarray, shape (K, 3), float64
         Gaussian centres (coordinate units).
-    sigma : ndarray, shape (K, 3), float64
+    sigma : ndarray, shape (K, 3), or (1, 3) shared by all, float64
         Standard deviation of each Gaussian along each axis (coordinate units).
-    amplitude : ndarray, shape (K,), float64
+    amplitude : ndarray, shape (K,), or (1,) shared by all, float64
         Peak value of each Gaussian (weight times normalisation).
     index_low, index_high : ndarray, shape (K, 3), int64
         Inclusive global sample index range of each Gaussian's support box.

@@ -362,6 +362,9 @@ def add_narrow_gaussians_to_block(
     size = block.size
     updates = 0
     count = positions.shape[0]
+    # sigma and amplitude may hold one row shared by every Gaussian.
+    sigma_step = 1 if sigma.shape[0] > 1 else 0
+    amplitude_step = 1 if amplitude.shape[0] > 1 else 0
     c = 0
     while c < count:
         # Gather a batch: the next Gaussians whose samples fit the buffers.
@@ -393,18 +396,18 @@ def add_narrow_gaussians_to_block(
                 origin[0],
                 spacing[0],
                 positions[c, 0],
-                sigma[c, 0],
+                sigma[c * sigma_step, 0],
                 used_x,
                 exponent_x,
             )
-            _lay_out_scale(lx, amplitude[c], used_x, weight)
+            _lay_out_scale(lx, amplitude[c * amplitude_step], used_x, weight)
             _lay_out(
                 block_start[1] + y0,
                 ly,
                 origin[1],
                 spacing[1],
                 positions[c, 1],
-                sigma[c, 1],
+                sigma[c * sigma_step, 1],
                 used_y,
                 exponent_y,
             )
@@ -414,7 +417,7 @@ def add_narrow_gaussians_to_block(
                 origin[2],
                 spacing[2],
                 positions[c, 2],
-                sigma[c, 2],
+                sigma[c * sigma_step, 2],
                 used_z,
                 exponents[2],
             )

@@ -77,7 +77,7 @@ def _summation_order(ids, positions, low, high, grid) -> list[int]:
 
 def _identify(sources: BlockSources) -> list[int]:
     """Original indices of a block's sources, from weights ``1, 2, 3, ...``."""
-    ids = sources.amplitude - 1
+    ids = np.broadcast_to(sources.amplitude, (sources.count,)) - 1  # one shared, or per source
     assert np.all(ids == np.round(ids))
     return [int(i) for i in ids]
 
@@ -111,7 +111,8 @@ def _check_against_brute_force(centres, sigma3, weights, grid, chunks, tol):
         assert binning.block_count(block) == len(expected)
         for row, i in enumerate(got):
             np.testing.assert_array_equal(sources.positions[row], centres[i])
-            np.testing.assert_array_equal(sources.sigma[row], sigma3[i])
+            sigma_row = sources.sigma[row if len(sources.sigma) > 1 else 0]  # or shared by all
+            np.testing.assert_array_equal(sigma_row, sigma3[i])
             low, high = _index_range(axes, centres[i], radius[i])
             np.testing.assert_array_equal(sources.index_low[row], low)
             np.testing.assert_array_equal(sources.index_high[row], high)
@@ -580,7 +581,7 @@ def test_block_sources_are_contiguous_with_fixed_dtypes(rng):
     sources = binning.block_sources((1, 1, 1))
     for name, dtype, shape in [
         ("positions", np.float64, (sources.count, 3)),
-        ("sigma", np.float64, (sources.count, 3)),
+        ("sigma", np.float64, (1, 3)),  # one sigma for all: kept as one row
         ("amplitude", np.float64, (sources.count,)),
         ("index_low", np.int64, (sources.count, 3)),
         ("index_high", np.int64, (sources.count, 3)),
