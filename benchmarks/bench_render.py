@@ -9,6 +9,7 @@ Run from the repository root (outputs go to --scratch, default /work/daskgauss-b
     .venv/bin/python -m benchmarks.bench_render overhead # per-task overhead with 64^3 blocks
     .venv/bin/python -m benchmarks.bench_render memory   # peak RSS per worker thread, 256^3 blocks
     .venv/bin/python -m benchmarks.bench_render points   # 10^7 narrow Gaussians at 1024^3
+    .venv/bin/python -m benchmarks.bench_render sparse   # 10^4 centres in a corner of 16384^3
 
 Inputs as everywhere: centres uniform in [-50, 50]^3 (seeded), sigma = 1, tol = 1e-6,
 the grid linspace(-50, 50, n) per axis. The render runs as users run it, the CLI in a
@@ -203,7 +204,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "case",
-        choices=["floor", "big", "small-chunks", "workers", "overhead", "memory", "points"],
+        choices=[
+            "floor",
+            "big",
+            "small-chunks",
+            "workers",
+            "overhead",
+            "memory",
+            "points",
+            "sparse",
+        ],
     )
     parser.add_argument("--scratch", type=Path, default=Path("/work/daskgauss-bench"))
     parser.add_argument("--keep", action="store_true", help="keep the stores")
@@ -242,6 +252,30 @@ def main() -> None:
         points = ("--origin", "0", "--spacing", "1", "--sigma", sigma)
         result = run_cli(scratch, 1024, count=10**7, grid=points, box=(0, 1024), name="points.zarr")
         report("1024^3, 10^7 centres, sigma 0.666 samples", result)
+    elif options.case == "sparse":
+        # 10^4 centres in [0, 64)^3 of a 16384^3 grid of spacing 1 (262,144 default blocks of
+        # 256^3, one of them reached), sigma 1: a job, then the identical rerun.
+        points = ("--origin", "0", "--spacing", "1", "--sigma", "1")
+        for label in ("first run", "identical rerun"):
+            store = scratch / "sparse.zarr"
+            if label == "first run":
+                shutil.rmtree(store, ignore_errors=True)
+            command = [sys.executable, "-m", "daskgauss", "render",
+                       str(write_centres(scratch, 10**4, (0, 64))), str(store), "--shape",
+                       "16384", *points]  # fmt: skip
+            started = time.perf_counter()
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                       text=True)  # fmt: skip
+            with TreeMemory(process.pid) as memory:
+                output, errors = process.communicate()
+            if process.returncode:
+                raise RuntimeError(f"render failed: {errors}")
+            files = sum(1 for p in store.rglob("*") if p.is_file())
+            print(f"16384^3, 10^4 centres in a corner, {label}: "
+                  f"{time.perf_counter() - started:.1f} s, peak tree RSS "
+                  f"{memory.peak / GIB:.2f} GiB, {files} files in the store")  # fmt: skip
+            print(f"  CLI: {output.strip().splitlines()[-1]}")
+        result = {"store": scratch / "sparse.zarr"}
     elif options.case == "workers":
         one = run_cli(scratch, 768, "--workers", "1", "--threads-per-worker", "1", name="w1.zarr")
         report("768^3, 1 worker x 1 thread", one)

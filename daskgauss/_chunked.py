@@ -224,20 +224,21 @@ def _summarise(centres, sigma, weights, first_row: int, settings: ChunkSettings)
     )
 
 
+def _chunk_tasks(inputs: ChunkedInputs, settings: ChunkSettings, function: Callable, name: str
+                 ) -> list[Any]:  # fmt: skip
+    """``function(centres, sigma, weights, first_row, settings)`` as a task per chunk."""
+    token = tokenize(inputs.token(), settings, name)
+    return [
+        dask.delayed(function, pure=True)(
+            centres, sigma, weights, first, settings, dask_key_name=f"{name}-{token}-{number}"
+        )
+        for number, (centres, sigma, weights, first) in enumerate(inputs.chunk_arguments())
+    ]
+
+
 def summaries(inputs: ChunkedInputs, settings: ChunkSettings) -> list[Any]:
     """Pass 1, as delayed tasks: one :class:`ChunkSummary` per chunk."""
-    token = tokenize(inputs.token(), settings)
-    return [
-        dask.delayed(_summarise, pure=True)(
-            centres,
-            sigma,
-            weights,
-            first,
-            settings,
-            dask_key_name=f"daskgauss-summary-{token}-{index}",
-        )
-        for index, (centres, sigma, weights, first) in enumerate(inputs.chunk_arguments())
-    ]
+    return _chunk_tasks(inputs, settings, _summarise, "daskgauss-summary")
 
 
 def fingerprint(parts: list[ChunkSummary]) -> str:
@@ -311,17 +312,7 @@ def block_tasks(
     sources)`` with the block's merged sources; the binning of each chunk is shared.
     """
     token = tokenize(inputs.token(), settings, blocks, name)
-    binned = [
-        dask.delayed(_bin_chunk, pure=True)(
-            centres,
-            sigma,
-            weights,
-            first,
-            settings,
-            dask_key_name=f"daskgauss-chunk-bins-{token}-{number}",
-        )
-        for number, (centres, sigma, weights, first) in enumerate(inputs.chunk_arguments())
-    ]
+    binned = _chunk_tasks(inputs, settings, _bin_chunk, "daskgauss-chunk-bins")
     numblocks = tuple(len(sizes) for sizes in settings.chunks)
     tasks = {}
     for index in blocks:

@@ -136,9 +136,9 @@ def gaussian_sum(
     request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
                       periodic=periodic, chunks=chunks, dtype=dtype)  # fmt: skip
     if is_chunked(centres, sigma, weights):
-        chunked = plan_chunked(request)
+        chunked = plan_chunked(request, lazy=True)
         return lazy_volume(chunked.inputs, chunked.settings, chunked.dtype)
-    job = plan(request)
+    job = plan(request, lazy=True)
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a
     # distributed cluster they are scattered to one worker now (workers fetch them

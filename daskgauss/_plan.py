@@ -43,6 +43,7 @@ __all__ = [
     "Plan",
     "Request",
     "block_chunks",
+    "check_lazy_blocks",
     "default_block_shape",
     "output_dtype",
     "plan",
@@ -184,8 +185,28 @@ def _check_grid_and_periodic(request: Request) -> bool:
     return bool(request.periodic)
 
 
-def plan(request: Request) -> Plan:
+def check_lazy_blocks(chunks: Chunks, shape: tuple[int, int, int]) -> None:
+    """Refuse a lazy array of more blocks than ``daskgauss.max-lazy-blocks``: its task graph
+    would not fit in memory. Raised before anything of that size is allocated."""
+    blocks = math.prod(len(sizes) for sizes in chunks)
+    limit = int(_config.get("max-lazy-blocks"))
+    if blocks > limit:
+        block = tuple(sizes[0] for sizes in chunks)
+        larger = tuple(min(n, 4 * b) for n, b in zip(shape, block, strict=True))
+        fewer = math.prod(math.ceil(n / b) for n, b in zip(shape, larger, strict=True))
+        raise ValueError(
+            f"a grid of shape {shape} in blocks of {block} makes {blocks:,} blocks, more than a "
+            f"lazy array can hold (daskgauss.max-lazy-blocks = {limit:,}: each block is a task "
+            f"in memory). Give larger chunks (chunks={larger} makes {fewer:,}), or render to "
+            "Zarr with render_to_zarr or `daskgauss render`, which handle any number of blocks."
+        )
+
+
+def plan(request: Request, *, lazy: bool = False) -> Plan:
     """Validate every argument of a request, choose the blocks and bin the Gaussians.
+
+    ``lazy``: the plan is for a lazy array, whose blocks are all tasks in memory:
+    refuse more than ``daskgauss.max-lazy-blocks`` (:func:`check_lazy_blocks`).
 
     Raises
     ------
@@ -205,6 +226,8 @@ def plan(request: Request) -> Plan:
     )
     dtype = output_dtype(request.dtype)
     chunks = block_chunks(request.chunks, grid.shape, dtype)
+    if lazy:
+        check_lazy_blocks(chunks, grid.shape)
     binning = bin_gaussians(gaussians, grid, chunks, periodic=periodic)
     sigma = gaussians.sigma
     amplitude = gaussians.amplitude
@@ -245,10 +268,11 @@ class ChunkedPlan:
     dtype: np.dtype
 
 
-def plan_chunked(request: Request, *, source: str = "centres") -> ChunkedPlan:
+def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = False) -> ChunkedPlan:
     """Check a request with dask-array inputs, reading none of their data.
 
-    ``source`` names the input in the messages of errors found in its values.
+    ``source`` names the input in the messages of errors found in its values; ``lazy``
+    as for :func:`plan`.
 
     Raises
     ------
@@ -261,6 +285,8 @@ def plan_chunked(request: Request, *, source: str = "centres") -> ChunkedPlan:
     tol = checked_tol(request.tol)
     dtype = output_dtype(request.dtype)
     chunks = block_chunks(request.chunks, request.grid.shape, dtype)
+    if lazy:
+        check_lazy_blocks(chunks, request.grid.shape)
     inputs = chunked_inputs(request.centres, request.sigma, request.weights)
     settings = ChunkSettings(request.grid, chunks, tol, request.normalize, periodic, source)
     return ChunkedPlan(inputs, settings, dtype)

@@ -49,7 +49,7 @@ class RenderReport:
     already_done : int
         Blocks recorded as done by an earlier run, left untouched.
     empty : int
-        Blocks no Gaussian reaches: recorded as done, nothing written.
+        Blocks no Gaussian reaches, first seen done by this run: nothing written.
     rendered : int
         Blocks rendered and written by this run.
     seconds : float
@@ -206,8 +206,9 @@ class RenderJob:
         # Later runs of the same object resume rather than overwrite.
         resumed, self.resume, self.overwrite = self.resume, True, False
         done = target.done_mask()
+        if target.block_pairs() is None:
+            target.write_block_pairs(self.pairs)
         empty = np.argwhere(~done & (self.pairs == 0))
-        target.mark_done(empty)
         pending = [tuple(int(i) for i in index) for index in np.argwhere(~done & (self.pairs > 0))]
         if pending:
             _execute(self._tasks(target, pending), progress)
@@ -361,7 +362,8 @@ def render_to_zarr(
     Resuming: running the identical job again computes only the blocks not yet
     recorded as done. A block is recorded after its chunk is written, so a job
     killed at any point never leaves a block recorded but unwritten. Blocks no
-    Gaussian reaches are recorded without writing a chunk (they read as zeros).
+    Gaussian reaches cost nothing: the store records how many Gaussians reach each
+    block, once, and such blocks are done by definition (they read as zeros).
     Each run is logged in the store's ``daskgauss.runs`` attribute.
     """
     request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,

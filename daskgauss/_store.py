@@ -10,8 +10,16 @@ Layout of a store (an OME-NGFF 0.5 image group)::
     STORE/
       zarr.json           group; attributes "ome" (multiscales) and "daskgauss" (the job)
       0/                  the volume, one chunk per dask block (all-zero chunks not written)
-      blocks_done/        uint8 per block, 1 once its chunk is written (chunks of one flag)
+      block_pairs/        Gaussians reaching each block (int64, one chunk), written before any
+                          block is rendered: a block no Gaussian reaches is done by definition
+      blocks_done/        a flag object per rendered block, written once its chunk is written
       sources/            rows per block: offsets and table (see write_sources)
+
+Which blocks are done is read by listing ``blocks_done/`` (one listing, not one read per
+block) and from ``block_pairs``: reads and writes scale with the blocks that hold Gaussians,
+not with the grid, so a molecule in a 16384^3 box costs what the molecule costs. Every flag
+is its own object, written after its block's chunk: concurrent writers and a kill at any
+instant never leave a block recorded but unwritten.
 """
 
 from __future__ import annotations
@@ -45,6 +53,7 @@ __all__ = [
 
 DATA_PATH = "0"
 DONE_PATH = "blocks_done"
+PAIRS_PATH = "block_pairs"
 SOURCES_PATH = "sources"
 AXES = ("x", "y", "z")
 # Rows of the sidecar per zarr chunk: 64 Ki rows of 7 float64 values is 3.5 MiB; the
@@ -201,9 +210,50 @@ class Target:
         """Number of blocks along each axis."""
         return tuple(self.done.shape)  # type: ignore[return-value]
 
+    def recorded_done(self) -> np.ndarray:
+        """Boolean array of shape ``numblocks``: which blocks have their done flag.
+
+        One listing of the flags' objects (each exists once its block is written).
+        """
+        mask = np.zeros(self.numblocks, dtype=bool)
+        filesystem, path = fsspec.core.url_to_fs(self.location)
+        prefix = f"{path.rstrip('/')}/{DONE_PATH}/c/"
+        try:
+            keys = filesystem.find(prefix)
+        except FileNotFoundError:
+            return mask
+        indices = [key[len(prefix) :].split("/") for key in keys if key.startswith(prefix)]
+        if indices:
+            mask[tuple(np.array(indices, dtype=np.int64).T)] = True
+        return mask
+
     def done_mask(self) -> np.ndarray:
-        """Boolean array of shape ``numblocks``: which blocks are recorded as done."""
-        return np.asarray(self.done[...]).astype(bool)
+        """Boolean array of shape ``numblocks``: which blocks are done (rendered and
+        recorded, or reached by no Gaussian)."""
+        done = self.recorded_done()
+        pairs = self.block_pairs()
+        if pairs is not None:
+            done |= pairs == 0
+        return done
+
+    def write_block_pairs(self, pairs: np.ndarray) -> None:
+        """Record how many Gaussians reach each block (shape ``numblocks``); ``complete`` last."""
+        array = self.group.create_array(
+            PAIRS_PATH, shape=pairs.shape, dtype="int64", chunks=pairs.shape,
+            compressors=compressors_for("lz4"), dimension_names=list(AXES), overwrite=True,
+        )  # fmt: skip
+        array[...] = pairs
+        array.attrs["complete"] = True
+
+    def block_pairs(self) -> np.ndarray | None:
+        """Gaussians reaching each block, or None where not (completely) recorded yet."""
+        try:
+            array = self.group[PAIRS_PATH]
+        except KeyError:
+            return None
+        if not array.attrs.get("complete", False):
+            return None
+        return np.asarray(array[...])
 
     def block_slices(self, block_index: Sequence[int]) -> tuple[slice, slice, slice]:
         """Where a block sits in the volume."""
@@ -230,11 +280,6 @@ class Target:
         if not _all_zero(values):
             self._chunk_writer[self.block_slices(block_index)] = values
         self.done[tuple(slice(i, i + 1) for i in block_index)] = 1
-
-    def mark_done(self, block_indices: np.ndarray) -> None:
-        """Record blocks as done without writing data (blocks no Gaussian reaches)."""
-        if len(block_indices):
-            self.done.vindex[tuple(np.asarray(block_indices).T)] = 1
 
     def sources_complete(self) -> bool:
         """Whether the sidecar was written to the end."""
@@ -404,5 +449,7 @@ def create_target(location: str, *, spec: JobSpec, overwrite: bool) -> Target:
             fill_value=0,
             compressors=None,
             dimension_names=list(AXES),
+            # A flag equal to the fill value is no object: listing finds the done blocks.
+            config={"write_empty_chunks": False},
         )
     return _target_from_group(location, zarr.open_group(location, mode="r+"))

@@ -584,3 +584,20 @@ def test_unknown_kernel_setting_is_refused():
         pytest.raises(ValueError, match=r"daskgauss\.kernel must be one of"),
     ):
         dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=8)).compute()
+
+
+def test_a_lazy_array_of_too_many_blocks_is_refused_quickly():
+    """100000^3 in default blocks is 6 x 10^7 tasks: a clear error, nothing allocated."""
+    import time
+
+    started = time.perf_counter()
+    with pytest.raises(ValueError, match=r"makes 59,776,471 blocks, more than a lazy array"):
+        dg.gaussian_sum(np.zeros((10, 3)), 1.0, dg.Grid(shape=100_000))
+    assert time.perf_counter() - started < 10
+    # The limit is a setting, and larger chunks stay under it.
+    dg.gaussian_sum(np.zeros((10, 3)), 1.0, dg.Grid(shape=100_000), chunks=2048)
+    with (
+        dask.config.set({"daskgauss.max-lazy-blocks": 7}),
+        pytest.raises(ValueError, match="render_to_zarr"),
+    ):
+        dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=32), chunks=16)

@@ -14,7 +14,7 @@ import pytest
 import zarr
 
 import daskgauss as dg
-from daskgauss._store import StoreMismatchError
+from daskgauss._store import StoreMismatchError, open_target
 
 
 def _render(store, job, **options):
@@ -62,8 +62,12 @@ def test_empty_blocks_are_done_but_not_written(tmp_path, small_job):
     assert run["empty"] == run["blocks"] - 1
     chunk_files = [p for p in (store / "0").rglob("*") if p.is_file() and p.name != "zarr.json"]
     assert len(chunk_files) == 1
-    done = zarr.open_group(str(store), mode="r")["blocks_done"][...]
-    assert done.all()
+    # Only the rendered block has a done flag; the others are done by having no Gaussians.
+    flags = zarr.open_group(str(store), mode="r")["blocks_done"][...]
+    assert flags.sum() == 1
+    flag_files = [p for p in (store / "blocks_done").rglob("*") if p.name != "zarr.json"]
+    assert len([p for p in flag_files if p.is_file()]) == 1
+    assert open_target(store).done_mask().all()
     np.testing.assert_array_equal(array[...], _expected(small_job))
 
 

@@ -140,13 +140,43 @@ def test_done_record_and_block_writes(tmp_path):
     assert target.numblocks == (3, 3, 2)
     assert not target.done_mask().any()
     target.write_block((2, 2, 1), np.full((2, 1, 4), 7.0, dtype=np.float32))
-    target.mark_done(np.array([[0, 0, 0], [1, 2, 0]]))
+    assert sorted(map(tuple, np.argwhere(target.done_mask()))) == [(2, 2, 1)]
+    # Blocks no Gaussian reaches are done by definition once the pairs are recorded.
+    pairs = np.ones((3, 3, 2), dtype=np.int64)
+    pairs[0, 0, 0] = pairs[1, 2, 0] = 0
+    assert target.block_pairs() is None
+    target.write_block_pairs(pairs)
+    np.testing.assert_array_equal(target.block_pairs(), pairs)
     done = target.done_mask()
     assert sorted(map(tuple, np.argwhere(done))) == [(0, 0, 0), (1, 2, 0), (2, 2, 1)]
+    np.testing.assert_array_equal(target.recorded_done(), done & (pairs > 0))
     volume = target.data[...]
     assert np.all(volume[8:, 8:, 4:] == 7.0)
     assert volume.sum() == 7.0 * 8
     assert target.block_slices((2, 2, 1)) == (slice(8, 10), slice(8, 9), slice(4, 8))
+
+
+def test_a_sparse_job_writes_objects_for_its_non_empty_blocks_only(tmp_path, rng):
+    """10^5 blocks, Gaussians in one corner: the store's objects scale with the blocks they
+    reach, and so do the reads that find what is done."""
+    grid = dg.Grid(shape=(800, 800, 640))
+    store = tmp_path / "sparse.zarr"
+    centres = rng.uniform(0, 20, size=(200, 3))
+    dg.render_to_zarr(store, centres, 0.8, grid, chunks=16)
+    target = open_target(store)
+    assert np.prod(target.numblocks) == 100_000
+    objects = [p for p in store.rglob("*") if p.is_file()]
+    reached = int((target.block_pairs() > 0).sum())
+    assert reached <= 8
+    # data chunks and done flags of the reached blocks, plus a handful of metadata objects
+    assert len(objects) <= 2 * reached + 12, sorted(str(p.relative_to(store)) for p in objects)
+    assert target.done_mask().all()
+    assert target.recorded_done().sum() == reached
+    # An identical rerun finds everything done, by one listing.
+    dg.render_to_zarr(store, centres, 0.8, grid, chunks=16)
+    run = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"][-1]
+    assert run["rendered"] == 0
+    assert run["already_done"] == 100_000
 
 
 def test_all_zero_blocks_are_recorded_done_without_a_chunk(tmp_path):
