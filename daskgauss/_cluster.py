@@ -20,7 +20,13 @@ from . import _config
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["ClusterError", "active_client", "connect", "default_local_size"]
+__all__ = ["IGNORE_INTERRUPT", "ClusterError", "active_client", "connect", "default_local_size"]
+
+# Set for the workers of the LocalCluster that `daskgauss render` starts: they share the
+# terminal's process group, and Ctrl-C there is for the CLI (which shuts them down), not
+# for them; daskgauss.preload makes them ignore it. Workers started by hand
+# (`dask worker --preload daskgauss.preload`) keep Ctrl-C.
+IGNORE_INTERRUPT = "DASKGAUSS_WORKER_IGNORES_INTERRUPT"
 
 
 class ClusterError(RuntimeError):
@@ -123,6 +129,7 @@ def connect(
             processes=True,
             dashboard_address=":0",
             preload=["daskgauss.preload"],
+            env={IGNORE_INTERRUPT: "1"},
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

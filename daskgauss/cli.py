@@ -21,7 +21,7 @@ from ._extras import MissingExtraError
 from ._grid import Grid
 from ._plan import Request
 from ._render import prepare_render
-from ._store import SPACE_UNITS
+from ._store import SPACE_UNITS, open_target
 
 __all__ = ["main"]
 
@@ -45,6 +45,8 @@ _USER_ERRORS = (
 )
 # Exit status of an internal error (BSD's EX_SOFTWARE); user errors exit with 1.
 EXIT_INTERNAL_ERROR = 70
+# Exit status after Ctrl-C: 128 + SIGINT, as shells report it.
+EXIT_INTERRUPTED = 130
 
 
 def join_per_axis_values(arguments: Sequence[str]) -> list[str]:
@@ -309,12 +311,27 @@ def render(
             report = job.run(progress=True)
     except _USER_ERRORS as error:
         _fail(error)
+    except KeyboardInterrupt:
+        # The local cluster has been shut down by leaving its context above.
+        click.echo(f"\n{_progress_after_interrupt(store)}", err=True)
+        sys.exit(EXIT_INTERRUPTED)
     seconds = time.perf_counter() - started
     voxels = float(np.prod(grid.shape))
     click.echo(
         f"wrote {store}: shape {grid.shape} {dtype}, {report.blocks} blocks "
         f"({report.rendered} rendered, {report.empty} empty, {report.already_done} already done) "
         f"in {seconds:.1f} s, {_rate(voxels, seconds)}"
+    )
+
+
+def _progress_after_interrupt(store: str) -> str:
+    """What a user needs after Ctrl-C: how far the render got, and how to go on."""
+    try:
+        done = open_target(store).done_mask()
+    except (*_USER_ERRORS, KeyError):
+        return "interrupted before any block was written; run the same command to start again"
+    return (
+        f"interrupted after {int(done.sum())} of {done.size} blocks; run the same command to resume"
     )
 
 

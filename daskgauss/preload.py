@@ -8,7 +8,9 @@ pays for compilation. The LocalCluster that ``daskgauss render`` starts uses it 
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from typing import Any
 
 import numpy as np
@@ -47,4 +49,9 @@ def warm_up() -> None:
 
 def dask_setup(worker: Any = None) -> None:
     """Entry point dask calls when the worker starts."""
+    from ._cluster import IGNORE_INTERRUPT
+
+    if os.environ.get(IGNORE_INTERRUPT) == "1":
+        with contextlib.suppress(ValueError):  # not the main thread: nothing to change
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
     warm_up()

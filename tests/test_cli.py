@@ -818,3 +818,38 @@ def test_a_bad_row_in_chunked_centres_is_one_line_and_no_store(inputs, tmp_path)
     result, _ = _invoke("render", source, store, *GRID_OPTIONS, "--sigma", "1", *SMALL_CLUSTER)
     _user_error(result, "centres must be finite", "(77, 2)", str(source))
     assert not store.exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_reports_progress_exits_130_and_resumes(tmp_path):
+    """SIGINT to the process group, as a terminal sends it: one line saying how far the
+    render got, exit status 130, no traceback from any process; the rerun completes."""
+    import signal
+
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-30, 30, size=(3000, 3))
+    np.save(tmp_path / "c.npy", centres)
+    store = tmp_path / "interrupted.zarr"
+    command = [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"), str(store),
+               "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "0.8",
+               "--chunks", "8", *SMALL_CLUSTER]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)  # fmt: skip
+    flags = store / "blocks_done" / "c"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if flags.exists() and sum(1 for p in flags.rglob("*") if p.is_file()) >= 20:
+            break
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    output, errors = process.communicate(timeout=120)
+    assert process.returncode == 130, errors
+    assert "Traceback" not in output + errors, errors
+    match = re.search(r"interrupted after (\d+) of 1728 blocks; run the same command to resume",
+                      errors)  # fmt: skip
+    assert match, errors
+    assert 0 < int(match.group(1)) < 1728
+    again = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr
+    expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
+    np.testing.assert_array_equal(_volume(store), expected.compute())
