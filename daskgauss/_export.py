@@ -65,7 +65,7 @@ def store_summary(location: str) -> dict[str, Any]:
         "grid": job["grid"],
         "unit": job["unit"],
         "job": job,
-        "runs": list(target.group.attrs["daskgauss"].get("runs", [])),
+        "runs": target.runs(),
         "bytes_on_disk": size,
     }
 

@@ -20,6 +20,7 @@ from ._chunked import ChunkSettings, Piece, block_tasks, fingerprint, is_chunked
 from ._cluster import active_client
 from ._grid import Grid
 from ._job import JobSpec
+from ._lock import holding_lock
 from ._plan import ChunkedPlan, Plan, Request, plan, plan_chunked
 from ._store import (
     StoreMismatchError,
@@ -138,9 +139,7 @@ def _record_run(target: Target, report: RenderReport, source: str) -> None:
     record["version"] = __version__
     record["source"] = source
     record["finished"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    attributes = dict(target.group.attrs["daskgauss"])
-    attributes["runs"] = [*attributes.get("runs", []), record]
-    target.group.attrs["daskgauss"] = attributes
+    target.record_run(record)
 
 
 class RenderJob:
@@ -200,7 +199,15 @@ class RenderJob:
         ]
 
     def run(self, progress: bool = False) -> RenderReport:
-        """Create or resume the store, render the blocks not yet done, record the run."""
+        """Create or resume the store, render the blocks not yet done, record the run.
+
+        Holds the store's lock meanwhile (:mod:`._lock`): a second job on the same store
+        is refused with :class:`StoreBusyError` while this one is alive.
+        """
+        with holding_lock(self.store):
+            return self._run(progress)
+
+    def _run(self, progress: bool) -> RenderReport:
         started = time.perf_counter()
         target = create_target(self.store, spec=self.spec, overwrite=self.overwrite)
         # Later runs of the same object resume rather than overwrite.
@@ -364,7 +371,7 @@ def render_to_zarr(
     killed at any point never leaves a block recorded but unwritten. Blocks no
     Gaussian reaches cost nothing: the store records how many Gaussians reach each
     block, once, and such blocks are done by definition (they read as zeros).
-    Each run is logged in the store's ``daskgauss.runs`` attribute.
+    Each run is logged in the store's run log (``runs/``, one object per run).
     """
     request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
                       periodic=periodic, chunks=chunks, dtype=dtype)  # fmt: skip

@@ -14,6 +14,9 @@ Layout of a store (an OME-NGFF 0.5 image group)::
                           block is rendered: a block no Gaussian reaches is done by definition
       blocks_done/        a flag object per rendered block, written once its chunk is written
       sources/            rows per block: offsets and table (see write_sources)
+      runs/               one JSON object per run of a job (the run log: no run is lost
+                          when two runs end together)
+      daskgauss.lock      while a job runs: who runs it, since when, and its heartbeat
 
 Which blocks are done is read by listing ``blocks_done/`` (one listing, not one read per
 block) and from ``block_pairs``: reads and writes scale with the blocks that hold Gaussians,
@@ -25,7 +28,10 @@ instant never leave a block recorded but unwritten.
 from __future__ import annotations
 
 import functools
+import json
 import pathlib
+import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +43,7 @@ from zarr.codecs import BloscCodec, BloscShuffle, ZstdCodec
 
 from ._grid import Grid
 from ._job import JobSpec
+from ._lock import LOCK_NAME, is_only_a_lock
 
 __all__ = [
     "SPACE_UNITS",
@@ -54,6 +61,7 @@ __all__ = [
 DATA_PATH = "0"
 DONE_PATH = "blocks_done"
 PAIRS_PATH = "block_pairs"
+RUNS_PATH = "runs"
 SOURCES_PATH = "sources"
 AXES = ("x", "y", "z")
 # Rows of the sidecar per zarr chunk: 64 Ki rows of 7 float64 values is 3.5 MiB; the
@@ -126,11 +134,17 @@ def location_exists(location: str) -> bool:
     return True
 
 
-def remove_location(location: str) -> None:
-    """Delete whatever is at ``location``."""
+def remove_location(location: str, *, keep: str | None = None) -> None:
+    """Delete whatever is at ``location`` (but the entry named ``keep`` in it)."""
     filesystem, path = fsspec.core.url_to_fs(str(location))
-    if filesystem.exists(path):
+    if not filesystem.exists(path):
+        return
+    if keep is None or not filesystem.isdir(path):
         filesystem.rm(path, recursive=True)
+        return
+    for entry in filesystem.ls(path, detail=False):
+        if entry.rstrip("/").rsplit("/", 1)[-1] != keep:
+            filesystem.rm(entry, recursive=True)
 
 
 def ngff_attributes(grid: Grid, unit: str | None, name: str) -> dict[str, Any]:
@@ -235,6 +249,25 @@ class Target:
         if pairs is not None:
             done |= pairs == 0
         return done
+
+    def record_run(self, record: dict[str, Any]) -> None:
+        """Add one run to the run log: an object of its own, so concurrent runs keep both."""
+        filesystem, path = fsspec.core.url_to_fs(self.location)
+        # Named by the time in nanoseconds, so that the names sort as the runs ended.
+        name = f"{time.time_ns():020d}-{uuid.uuid4().hex[:12]}.json"
+        directory = f"{path.rstrip('/')}/{RUNS_PATH}"
+        filesystem.makedirs(directory, exist_ok=True)
+        filesystem.pipe_file(f"{directory}/{name}", json.dumps(record).encode())
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The run log, oldest first."""
+        filesystem, path = fsspec.core.url_to_fs(self.location)
+        prefix = f"{path.rstrip('/')}/{RUNS_PATH}"
+        try:
+            names = sorted(filesystem.ls(prefix, detail=False))
+        except FileNotFoundError:
+            return []
+        return [json.loads(filesystem.cat_file(name)) for name in names if name.endswith(".json")]
 
     def write_block_pairs(self, pairs: np.ndarray) -> None:
         """Record how many Gaussians reach each block (shape ``numblocks``); ``complete`` last."""
@@ -390,7 +423,7 @@ def recorded_job(location: str) -> JobSpec | None:
         A daskgauss store of another format is there.
     """
     location = normalise_location(location)
-    if not location_exists(location):
+    if not location_exists(location) or is_only_a_lock(location):
         return None
     try:
         group = _open_job_group(location)
@@ -419,13 +452,13 @@ def create_target(location: str, *, spec: JobSpec, overwrite: bool) -> Target:
     """
     location = normalise_location(location)
     if overwrite:
-        remove_location(location)
-    if location_exists(location):
+        remove_location(location, keep=LOCK_NAME)
+    if location_exists(location) and not is_only_a_lock(location):
         group = _open_job_group(location)
     else:
         group = zarr.create_group(location, zarr_format=3, attributes={
             "ome": ngff_attributes(spec.grid, spec.unit, name="daskgauss"),
-            "daskgauss": {"job": spec.to_json(), "token": spec.token, "runs": []},
+            "daskgauss": {"job": spec.to_json(), "token": spec.token},
         })  # fmt: skip
     # Arrays are created only where missing, so a job killed while creating its
     # store resumes like any other.

@@ -12,7 +12,7 @@ import zarr
 
 import daskgauss as dg
 from daskgauss._job import JobSpec
-from daskgauss._store import StoreMismatchError
+from daskgauss._store import StoreMismatchError, open_target
 
 
 def _problem(rng, count=700):
@@ -149,7 +149,7 @@ def test_interrupted_render_from_zarr_centres_resumes(tmp_path, rng):
         group["blocks_done"][index] = 0
         group["0"][tuple(slice(i * 16, (i + 1) * 16) for i in index)] = -1.0
     resumed = render()
-    runs = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]
+    runs = open_target(store).runs()
     assert runs[-1]["resumed"] is True
     assert runs[-1]["rendered"] == 2
     np.testing.assert_array_equal(resumed[...], complete)

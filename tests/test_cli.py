@@ -20,6 +20,7 @@ from click.testing import CliRunner
 
 import daskgauss as dg
 from daskgauss._centres_io import read_centres
+from daskgauss._store import open_target
 from daskgauss.cli import cli, join_per_axis_values
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -241,8 +242,8 @@ def test_render_writes_ngff_and_job_metadata(basic):
     assert job["grid"] == grid.to_dict()
     assert group["0"].metadata.dimension_names == ("x", "y", "z")
     assert group["0"].chunks == CHUNKS
-    assert np.asarray(group["blocks_done"][...]).all()
-    runs = group.attrs["daskgauss"]["runs"]
+    assert open_target(basic["store"]).done_mask().all()
+    runs = open_target(basic["store"]).runs()
     assert len(runs) == 1
     assert runs[0]["blocks"] == BLOCKS
 
@@ -304,7 +305,7 @@ def test_rerun_resumes_and_renders_nothing(basic, inputs, tmp_path):
     assert int(match["rendered"]) == 0
     assert int(match["empty"]) == 0
     assert _files(store / "0") == before
-    runs = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]
+    runs = open_target(store).runs()
     assert len(runs) == 2
     assert runs[1]["resumed"] is True
     assert runs[1]["already_done"] == BLOCKS
@@ -326,7 +327,7 @@ def test_different_sigma_is_refused_then_overwritten(basic, inputs, tmp_path):
     np.testing.assert_array_equal(_volume(store), expected)
     group = zarr.open_group(str(store), mode="r")
     assert group.attrs["daskgauss"]["job"]["sigma"]["max"] == 1.3
-    assert len(group.attrs["daskgauss"]["runs"]) == 1
+    assert len(open_target(store).runs()) == 1
 
 
 def test_render_with_origin_spacing_and_options(inputs, tmp_path):

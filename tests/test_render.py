@@ -32,7 +32,7 @@ def _expected(job, **options):
 
 
 def _last_run(store):
-    return zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"][-1]
+    return open_target(store).runs()[-1]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
@@ -134,7 +134,7 @@ def test_overwrite_replaces_a_different_job(tmp_path, small_job):
     small_job["sigma"] = 1.2
     array = _render(store, small_job, overwrite=True)
     np.testing.assert_array_equal(array[...], _expected(small_job))
-    assert len(zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]) == 1
+    assert len(open_target(store).runs()) == 1
 
 
 def test_something_else_at_the_path_is_refused(tmp_path, small_job):
@@ -229,7 +229,7 @@ def test_sigkill_mid_job_then_resume_is_correct(tmp_path):
     rng = np.random.default_rng(5)
     resumed = dg.render_to_zarr(store, rng.uniform(-30, 30, size=(3000, 3)), 0.8,
                                 dg.Grid.from_bounds(-30, 30, 96), chunks=8)  # fmt: skip
-    run = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"][-1]
+    run = open_target(store).runs()[-1]
     assert run["resumed"] is True
     assert run["already_done"] == int(done.sum())
     assert run["rendered"] + run["empty"] == done.size - int(done.sum())
@@ -275,7 +275,7 @@ def test_resume_after_an_upgrade_of_the_same_format(tmp_path, small_job, monkeyp
     monkeypatch.setattr(dg, "__version__", "0.2.99")
     resumed = _render(store, small_job)
     np.testing.assert_array_equal(resumed[...], complete)
-    runs = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]
+    runs = open_target(store).runs()
     assert runs[0]["version"] != "0.2.99"
     assert runs[1]["version"] == "0.2.99"
     assert runs[1]["resumed"] is True

@@ -77,7 +77,7 @@ def test_job_parameters_recorded(rendered):
     assert job["unit"] == "nanometer"
     assert job["format"] == 2
     assert "version" not in job  # the package version is in the run log, not the identity
-    (run,) = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"]
+    (run,) = open_target(store).runs()
     assert run["version"] == dg.__version__
     assert len(job["fingerprint"]) == 64
 
@@ -174,7 +174,7 @@ def test_a_sparse_job_writes_objects_for_its_non_empty_blocks_only(tmp_path, rng
     assert target.recorded_done().sum() == reached
     # An identical rerun finds everything done, by one listing.
     dg.render_to_zarr(store, centres, 0.8, grid, chunks=16)
-    run = zarr.open_group(str(store), mode="r").attrs["daskgauss"]["runs"][-1]
+    run = open_target(store).runs()[-1]
     assert run["rendered"] == 0
     assert run["already_done"] == 100_000
 
