@@ -7,6 +7,7 @@ computing on dask's local schedulers, does not import it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import time
@@ -82,6 +83,7 @@ def connect(
     workers: int | None = None,
     threads_per_worker: int | None = None,
     timeout: str | None = None,
+    quiet: bool = True,
 ) -> Iterator[distributed.Client]:
     """A client for an existing scheduler, or for a LocalCluster started here.
 
@@ -96,6 +98,9 @@ def connect(
         :func:`default_local_size`. Its workers preload ``daskgauss.preload``.
     timeout : str, optional
         How long to wait for the scheduler; default ``daskgauss.connect-timeout``.
+    quiet : bool
+        Keep the LocalCluster's own log to errors (a failed task's traceback, for
+        failures the caller reports itself, such as a full disk); False shows warnings.
 
     Raises
     ------
@@ -130,6 +135,7 @@ def connect(
             dashboard_address=":0",
             preload=["daskgauss.preload"],
             env={IGNORE_INTERRUPT: "1"},
+            silence_logs=logging.CRITICAL if quiet else logging.WARNING,
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

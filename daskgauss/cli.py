@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import pathlib
 import sys
@@ -47,6 +48,17 @@ _USER_ERRORS = (
 EXIT_INTERNAL_ERROR = 70
 # Exit status after Ctrl-C: 128 + SIGINT, as shells report it.
 EXIT_INTERRUPTED = 130
+# Storage failures a user can fix, by errno: what happened, and what to do.
+_STORAGE_FAILURES = {
+    errno.ENOSPC: "no space left on the device holding the store",
+    errno.EDQUOT: "the disk quota of the store's filesystem is used up",
+    errno.EROFS: "the store's filesystem is read-only",
+}
+_STORAGE_REMEDIES = {
+    errno.ENOSPC: "free some space",
+    errno.EDQUOT: "free some space or raise the quota",
+    errno.EROFS: "make it writable or choose another path",
+}
 
 
 def join_per_axis_values(arguments: Sequence[str]) -> list[str]:
@@ -235,6 +247,11 @@ def cli() -> None:
     type=click.Path(dir_okay=False),
     help="Use the scheduler described in this file (dask scheduler --scheduler-file).",
 )
+@click.option(
+    "--verbose",
+    is_flag=True,
+    help="Show the local cluster's warnings, and the full traceback of a storage failure.",
+)
 def render(
     centres: str,
     store: str,
@@ -256,6 +273,7 @@ def render(
     threads_per_worker: int | None,
     scheduler: str | None,
     scheduler_file: str | None,
+    verbose: bool,
 ) -> None:
     """Render the Gaussians centred at CENTRES into the Zarr store STORE.
 
@@ -302,6 +320,7 @@ def render(
             scheduler_file=scheduler_file,
             workers=workers,
             threads_per_worker=threads_per_worker,
+            quiet=not verbose,
         ) as client:
             where = scheduler or scheduler_file or "a local cluster"
             click.echo(f"rendering {grid.shape} on {where} (dashboard: {client.dashboard_link})")
@@ -313,8 +332,17 @@ def render(
         _fail(error)
     except KeyboardInterrupt:
         # The local cluster has been shut down by leaving its context above.
-        click.echo(f"\n{_progress_after_interrupt(store)}", err=True)
+        click.echo(f"\ninterrupted {_progress(store)}; run the same command to resume", err=True)
         sys.exit(EXIT_INTERRUPTED)
+    except OSError as error:
+        problem = _STORAGE_FAILURES.get(error.errno)
+        if problem is None:
+            raise
+        if verbose:
+            traceback.print_exc()
+        _fail(RuntimeError(f"{problem} ({store}), {_progress(store)}: "
+                           f"{_STORAGE_REMEDIES[error.errno]}, then run the same command to "
+                           "resume"))  # fmt: skip
     seconds = time.perf_counter() - started
     voxels = float(np.prod(grid.shape))
     click.echo(
@@ -324,15 +352,13 @@ def render(
     )
 
 
-def _progress_after_interrupt(store: str) -> str:
-    """What a user needs after Ctrl-C: how far the render got, and how to go on."""
+def _progress(store: str) -> str:
+    """How far a render got, for the message after it stopped."""
     try:
         done = open_target(store).done_mask()
-    except (*_USER_ERRORS, KeyError):
-        return "interrupted before any block was written; run the same command to start again"
-    return (
-        f"interrupted after {int(done.sum())} of {done.size} blocks; run the same command to resume"
-    )
+    except (*_USER_ERRORS, OSError, KeyError):
+        return "before any block was written"
+    return f"after {int(done.sum())} of {done.size} blocks"
 
 
 def _grid_from_options(shape: Any, lower: Any, upper: Any, origin: Any, spacing: Any) -> Grid:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -854,3 +855,44 @@ def test_ctrl_c_reports_progress_exits_130_and_resumes(tmp_path):
     assert again.returncode == 0, again.stderr
     expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
     np.testing.assert_array_equal(_volume(store), expected.compute())
+
+
+@contextlib.contextmanager
+def _tmpfs(directory, size: str):
+    """A tmpfs of ``size`` mounted at ``directory`` (skips the test where that is not allowed)."""
+    directory.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs",
+                              str(directory)], capture_output=True, text=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {mounted.stderr.strip()}")
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", str(directory)], check=False)
+
+
+@pytest.mark.slow
+def test_disk_full_is_one_line_and_the_rerun_resumes_to_the_same_bits(tmp_path):
+    rng = np.random.default_rng(1)
+    centres = rng.uniform(-30, 30, size=(2000, 3))
+    np.save(tmp_path / "c.npy", centres)
+    with _tmpfs(tmp_path / "small", "2m") as small:
+        store = small / "full.zarr"
+        command = [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"),
+                   str(store), "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "2",
+                   "--chunks", "32", "--compression", "none", *SMALL_CLUSTER]  # fmt: skip
+        full = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        assert full.returncode == 1, full.stderr
+        assert "Traceback" not in full.stdout + full.stderr, full.stderr
+        assert full.stderr.strip().startswith(
+            "Error: no space left on the device holding the store"
+        )
+        match = re.search(r"after (\d+) of 27 blocks: free some space, then run the same command",
+                          full.stderr)  # fmt: skip
+        assert match, full.stderr
+        assert int(match.group(1)) < 27
+        subprocess.run(["mount", "-o", "remount,size=64m", str(small)], check=True)
+        again = subprocess.run(command, capture_output=True, text=True, timeout=240)
+        assert again.returncode == 0, again.stderr
+        expected = dg.gaussian_sum(centres, 2.0, dg.Grid.from_bounds(-30, 30, 96), chunks=32)
+        np.testing.assert_array_equal(_volume(store), expected.compute())
