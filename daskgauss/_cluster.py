@@ -21,7 +21,14 @@ from . import _config
 if TYPE_CHECKING:
     import distributed
 
-__all__ = ["IGNORE_INTERRUPT", "ClusterError", "active_client", "connect", "default_local_size"]
+__all__ = [
+    "IGNORE_INTERRUPT",
+    "ClusterError",
+    "SchedulerLostError",
+    "active_client",
+    "connect",
+    "default_local_size",
+]
 
 # Set for the workers of the LocalCluster that `daskgauss render` starts: they share the
 # terminal's process group, and Ctrl-C there is for the CLI (which shuts them down), not
@@ -32,6 +39,10 @@ IGNORE_INTERRUPT = "DASKGAUSS_WORKER_IGNORES_INTERRUPT"
 
 class ClusterError(RuntimeError):
     """The cluster could not be reached or started."""
+
+
+class SchedulerLostError(ClusterError):
+    """The connection to the scheduler was lost while the render ran."""
 
 
 def default_local_size() -> tuple[int, int]:

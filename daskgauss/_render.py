@@ -17,7 +17,7 @@ from . import _config
 from ._binning import BlockSources
 from ._block import render_block
 from ._chunked import ChunkSettings, Piece, block_tasks, fingerprint, is_chunked, merge, summaries
-from ._cluster import active_client
+from ._cluster import SchedulerLostError, active_client
 from ._grid import Grid
 from ._job import JobSpec
 from ._lock import holding_lock
@@ -119,11 +119,16 @@ def _execute(tasks: list[Any], progress: bool) -> list[int]:
     client = active_client()
     if client is not None:
         from distributed import progress as distributed_progress
+        from distributed.client import FutureCancelledError
+        from distributed.comm import CommClosedError
 
         futures = client.compute(tasks)
-        if progress:
-            distributed_progress(futures)
-        return client.gather(futures)
+        try:
+            if progress:
+                distributed_progress(futures)
+            return client.gather(futures)
+        except (FutureCancelledError, CommClosedError):
+            raise SchedulerLostError("the render lost its connection to the scheduler") from None
     if progress:
         from dask.diagnostics import ProgressBar
 

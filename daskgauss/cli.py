@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import pathlib
 import sys
 import time
@@ -16,7 +17,7 @@ import numpy as np
 
 from ._centres_io import is_number, read_centres
 from ._chunked import is_chunked
-from ._cluster import ClusterError, connect
+from ._cluster import ClusterError, SchedulerLostError, connect
 from ._export import export_mrc, preview_png, store_summary
 from ._extras import MissingExtraError
 from ._grid import Grid
@@ -53,11 +54,15 @@ _STORAGE_FAILURES = {
     errno.ENOSPC: "no space left on the device holding the store",
     errno.EDQUOT: "the disk quota of the store's filesystem is used up",
     errno.EROFS: "the store's filesystem is read-only",
+    errno.EACCES: "permission denied writing the store",
+    errno.EPERM: "permission denied writing the store",
 }
 _STORAGE_REMEDIES = {
     errno.ENOSPC: "free some space",
     errno.EDQUOT: "free some space or raise the quota",
     errno.EROFS: "make it writable or choose another path",
+    errno.EACCES: "fix its permissions or choose another path",
+    errno.EPERM: "fix its permissions or choose another path",
 }
 
 
@@ -285,6 +290,8 @@ def render(
     resumes an interrupted render.
     """
     started = time.perf_counter()
+    if not verbose:
+        _quiet_distributed()
     try:
         if scheduler and scheduler_file:
             raise ValueError("give --scheduler or --scheduler-file, not both")
@@ -328,8 +335,10 @@ def render(
                 click.echo(f"reading and checking {data.source} on the cluster")
                 job = prepare_render(store, request, **options)
             report = job.run(progress=True)
-    except _USER_ERRORS as error:
-        _fail(error)
+    except SchedulerLostError as error:
+        where = scheduler or scheduler_file or "the local cluster"
+        _fail(RuntimeError(f"{error} ({where}) {_progress(store)}: when it is back, run the "
+                           "same command to resume"))  # fmt: skip
     except KeyboardInterrupt:
         # The local cluster has been shut down by leaving its context above.
         click.echo(f"\ninterrupted {_progress(store)}; run the same command to resume", err=True)
@@ -337,12 +346,16 @@ def render(
     except OSError as error:
         problem = _STORAGE_FAILURES.get(error.errno)
         if problem is None:
+            if isinstance(error, _USER_ERRORS):
+                _fail(error)
             raise
         if verbose:
             traceback.print_exc()
         _fail(RuntimeError(f"{problem} ({store}), {_progress(store)}: "
                            f"{_STORAGE_REMEDIES[error.errno]}, then run the same command to "
                            "resume"))  # fmt: skip
+    except _USER_ERRORS as error:
+        _fail(error)
     seconds = time.perf_counter() - started
     voxels = float(np.prod(grid.shape))
     click.echo(
@@ -350,6 +363,16 @@ def render(
         f"({report.rendered} rendered, {report.empty} empty, {report.already_done} already done) "
         f"in {seconds:.1f} s, {_rate(voxels, seconds)}"
     )
+
+
+def _quiet_distributed() -> None:
+    """Keep distributed's log to critical messages: expected failures (a lost scheduler, a
+    full disk) are reported in one line, and its own log would repeat them as tracebacks."""
+    import distributed  # noqa: F401  (configures its loggers, which are then quietened)
+
+    names = [name for name in logging.root.manager.loggerDict if name.startswith("distributed")]
+    for name in ["distributed", *names]:
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 def _progress(store: str) -> str:
