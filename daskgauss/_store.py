@@ -48,6 +48,7 @@ from ._lock import LOCK_NAME, is_only_a_lock
 __all__ = [
     "SPACE_UNITS",
     "StoreMismatchError",
+    "StoreVanishedError",
     "Target",
     "check_creatable",
     "check_unit",
@@ -80,6 +81,10 @@ SPACE_UNITS = (
 
 class StoreMismatchError(ValueError):
     """The store holds something other than the job asked for."""
+
+
+class StoreVanishedError(FileNotFoundError):
+    """The store was deleted while a job was writing it."""
 
 
 def compressors_for(name: str) -> list[Any] | None:
@@ -309,10 +314,26 @@ class Target:
 
         The order matters: a process killed between the two leaves the block not
         done, so it is rendered again; never done but unwritten.
+
+        Raises
+        ------
+        StoreVanishedError
+            The store's metadata is gone (the store was deleted while rendering):
+            writing on would leave chunks in a directory that is no store.
         """
+        if not self._filesystem.exists(self._metadata):
+            raise StoreVanishedError(f"{self.location} was deleted while it was being rendered")
         if not _all_zero(values):
             self._chunk_writer[self.block_slices(block_index)] = values
         self.done[tuple(slice(i, i + 1) for i in block_index)] = 1
+
+    @functools.cached_property
+    def _filesystem(self) -> Any:
+        return fsspec.core.url_to_fs(self.location)[0]
+
+    @functools.cached_property
+    def _metadata(self) -> str:
+        return f"{fsspec.core.url_to_fs(self.location)[1].rstrip('/')}/zarr.json"
 
     def sources_complete(self) -> bool:
         """Whether the sidecar was written to the end."""

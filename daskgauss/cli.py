@@ -23,7 +23,7 @@ from ._extras import MissingExtraError
 from ._grid import Grid
 from ._plan import Request
 from ._render import prepare_render
-from ._store import SPACE_UNITS, open_target
+from ._store import SPACE_UNITS, StoreVanishedError, open_target
 
 __all__ = ["main"]
 
@@ -335,6 +335,8 @@ def render(
                 click.echo(f"reading and checking {data.source} on the cluster")
                 job = prepare_render(store, request, **options)
             report = job.run(progress=True)
+    except StoreVanishedError as error:
+        _fail(RuntimeError(f"{error}; run the same command to start it again"))
     except SchedulerLostError as error:
         where = scheduler or scheduler_file or "the local cluster"
         _fail(RuntimeError(f"{error} ({where}) {_progress(store)}: when it is back, run the "

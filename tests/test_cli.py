@@ -896,3 +896,31 @@ def test_disk_full_is_one_line_and_the_rerun_resumes_to_the_same_bits(tmp_path):
         assert again.returncode == 0, again.stderr
         expected = dg.gaussian_sum(centres, 2.0, dg.Grid.from_bounds(-30, 30, 96), chunks=32)
         np.testing.assert_array_equal(_volume(store), expected.compute())
+
+
+@pytest.mark.slow
+def test_a_store_deleted_mid_render_is_one_line_and_the_rerun_starts_again(tmp_path):
+    rng = np.random.default_rng(11)
+    centres = rng.uniform(-30, 30, size=(3000, 3))
+    np.save(tmp_path / "c.npy", centres)
+    store = tmp_path / "deleted.zarr"
+    command = [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"), str(store),
+               "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "0.8",
+               "--chunks", "8", *SMALL_CLUSTER]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    flags = store / "blocks_done" / "c"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        if flags.exists() and sum(1 for p in flags.rglob("*") if p.is_file()) >= 20:
+            break
+        time.sleep(0.01)
+    shutil.rmtree(store)
+    output, errors = process.communicate(timeout=120)
+    assert process.returncode == 1, errors
+    assert "Traceback" not in output + errors, errors
+    assert errors.strip() == (f"Error: {store} was deleted while it was being rendered; run the "
+                              "same command to start it again")  # fmt: skip
+    again = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert again.returncode == 0, again.stderr
+    expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
+    np.testing.assert_array_equal(_volume(store), expected.compute())
