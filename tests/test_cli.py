@@ -23,6 +23,7 @@ import daskgauss as dg
 from daskgauss._centres_io import read_centres
 from daskgauss._store import open_target
 from daskgauss.cli import cli, join_per_axis_values
+from tests.long_render import long_render, long_render_expected, wait_for_blocks
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # The basic job: non-cubic grid, negative lower bounds, chunks that divide no axis.
@@ -828,21 +829,12 @@ def test_ctrl_c_reports_progress_exits_130_and_resumes(tmp_path):
     render got, exit status 130, no traceback from any process; the rerun completes."""
     import signal
 
-    rng = np.random.default_rng(11)
-    centres = rng.uniform(-30, 30, size=(3000, 3))
-    np.save(tmp_path / "c.npy", centres)
     store = tmp_path / "interrupted.zarr"
-    command = [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"), str(store),
-               "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "0.8",
-               "--chunks", "8", *SMALL_CLUSTER]  # fmt: skip
+    centres, command = long_render(tmp_path, store)
+    command += SMALL_CLUSTER
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)  # fmt: skip
-    flags = store / "blocks_done" / "c"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if flags.exists() and sum(1 for p in flags.rglob("*") if p.is_file()) >= 20:
-            break
-        time.sleep(0.01)
+    wait_for_blocks(store, process)
     os.killpg(process.pid, signal.SIGINT)
     output, errors = process.communicate(timeout=120)
     assert process.returncode == 130, errors
@@ -853,8 +845,7 @@ def test_ctrl_c_reports_progress_exits_130_and_resumes(tmp_path):
     assert 0 < int(match.group(1)) < 1728
     again = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr
-    expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
-    np.testing.assert_array_equal(_volume(store), expected.compute())
+    np.testing.assert_array_equal(_volume(store), long_render_expected(centres))
 
 
 @contextlib.contextmanager
@@ -900,20 +891,11 @@ def test_disk_full_is_one_line_and_the_rerun_resumes_to_the_same_bits(tmp_path):
 
 @pytest.mark.slow
 def test_a_store_deleted_mid_render_is_one_line_and_the_rerun_starts_again(tmp_path):
-    rng = np.random.default_rng(11)
-    centres = rng.uniform(-30, 30, size=(3000, 3))
-    np.save(tmp_path / "c.npy", centres)
     store = tmp_path / "deleted.zarr"
-    command = [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"), str(store),
-               "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "0.8",
-               "--chunks", "8", *SMALL_CLUSTER]  # fmt: skip
+    centres, command = long_render(tmp_path, store)
+    command += SMALL_CLUSTER
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    flags = store / "blocks_done" / "c"
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and process.poll() is None:
-        if flags.exists() and sum(1 for p in flags.rglob("*") if p.is_file()) >= 20:
-            break
-        time.sleep(0.01)
+    wait_for_blocks(store, process)
     shutil.rmtree(store)
     output, errors = process.communicate(timeout=120)
     assert process.returncode == 1, errors
@@ -922,5 +904,4 @@ def test_a_store_deleted_mid_render_is_one_line_and_the_rerun_starts_again(tmp_p
                               "same command to start it again")  # fmt: skip
     again = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert again.returncode == 0, again.stderr
-    expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
-    np.testing.assert_array_equal(_volume(store), expected.compute())
+    np.testing.assert_array_equal(_volume(store), long_render_expected(centres))

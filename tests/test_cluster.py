@@ -24,6 +24,7 @@ import zarr
 from distributed import Client, get_task_stream
 
 import daskgauss as dg
+from tests.long_render import long_render, long_render_expected, wait_for_blocks
 
 pytestmark = pytest.mark.slow
 
@@ -265,25 +266,16 @@ def test_a_lost_scheduler_is_one_line_and_the_rerun_resumes(tmp_path):
     no traceback; the same command on a new cluster finishes to the same bits."""
     import psutil
 
-    rng = np.random.default_rng(11)
-    centres = rng.uniform(-30, 30, size=(3000, 3))
-    np.save(tmp_path / "c.npy", centres)
     store = tmp_path / "lost.zarr"
+    centres, render = long_render(tmp_path, store)
 
     def command(scheduler_file):
-        return [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"), str(store),
-                "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "0.8", "--chunks",
-                "8", "--scheduler-file", str(scheduler_file)]  # fmt: skip
+        return [*render, "--scheduler-file", str(scheduler_file)]
 
     with dask_cluster(tmp_path / "first", workers=1) as scheduler_file:
         process = subprocess.Popen(command(scheduler_file), stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)  # fmt: skip
-        flags = store / "blocks_done" / "c"
-        deadline = time.monotonic() + 240
-        while time.monotonic() < deadline and process.poll() is None:
-            if flags.exists() and sum(1 for p in flags.rglob("*") if p.is_file()) >= 20:
-                break
-            time.sleep(0.02)
+        wait_for_blocks(store, process)
         for candidate in psutil.process_iter(["cmdline"]):
             line = " ".join(candidate.info["cmdline"] or [])
             if "scheduler" in line and str(scheduler_file) in line and "render" not in line:
@@ -298,7 +290,5 @@ def test_a_lost_scheduler_is_one_line_and_the_rerun_resumes(tmp_path):
         again = subprocess.run(command(scheduler_file), capture_output=True, text=True,
                                timeout=240)  # fmt: skip
     assert again.returncode == 0, again.stderr
-    with dask_scheduler_threads():
-        expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
-        np.testing.assert_array_equal(zarr.open_array(str(store), path="0")[...],
-                                      expected.compute())  # fmt: skip
+    np.testing.assert_array_equal(zarr.open_array(str(store), path="0")[...],
+                                  long_render_expected(centres))  # fmt: skip

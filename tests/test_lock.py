@@ -17,6 +17,7 @@ import zarr
 import daskgauss as dg
 from daskgauss._lock import LOCK_NAME, StoreBusyError, holding_lock
 from daskgauss._store import open_target
+from tests.long_render import long_render, long_render_expected
 
 
 def _render(store, **options):
@@ -76,13 +77,9 @@ def test_the_heartbeat_moves_while_a_job_runs(tmp_path):
 def test_two_renders_started_together_render_once(tmp_path):
     """Two CLI processes on one store at once: one renders, the other is refused in one
     line; the run log has the one run and the data are right."""
-    rng = np.random.default_rng(11)
-    centres = rng.uniform(-30, 30, size=(3000, 3))
-    np.save(tmp_path / "c.npy", centres)
     store = tmp_path / "shared.zarr"
-    command = [sys.executable, "-m", "daskgauss", "render", str(tmp_path / "c.npy"), str(store),
-               "--shape", "96", "--lower", "-30", "--upper", "30", "--sigma", "0.8",
-               "--chunks", "8", "--workers", "1", "--threads-per-worker", "1"]  # fmt: skip
+    centres, command = long_render(tmp_path, store)
+    command += ["--workers", "1", "--threads-per-worker", "1"]
     processes = [subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                   text=True) for _ in range(2)]  # fmt: skip
     outputs = [process.communicate(timeout=300) for process in processes]
@@ -96,5 +93,5 @@ def test_two_renders_started_together_render_once(tmp_path):
     assert len(errors) == 1
     assert "is being rendered by process" in errors[0]
     assert len(open_target(store).runs()) == 1
-    expected = dg.gaussian_sum(centres, 0.8, dg.Grid.from_bounds(-30, 30, 96), chunks=8)
-    np.testing.assert_array_equal(zarr.open_array(str(store), path="0")[...], expected.compute())
+    np.testing.assert_array_equal(zarr.open_array(str(store), path="0")[...],
+                                  long_render_expected(centres))  # fmt: skip
