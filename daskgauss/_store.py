@@ -241,7 +241,9 @@ class Target:
             keys = filesystem.find(prefix)
         except FileNotFoundError:
             return mask
-        indices = [key[len(prefix) :].split("/") for key in keys if key.startswith(prefix)]
+        # Only whole chunk keys: a writer killed mid-write leaves "<key>.<id>.partial".
+        parts = [key[len(prefix) :].split("/") for key in keys if key.startswith(prefix)]
+        indices = [part for part in parts if len(part) == 3 and all(p.isdigit() for p in part)]
         if indices:
             mask[tuple(np.array(indices, dtype=np.int64).T)] = True
         return mask

@@ -259,3 +259,14 @@ def test_locations(tmp_path):
     assert location_exists(tmp_path / "file")
     with pytest.raises(FileNotFoundError, match="no store at"):
         open_target(tmp_path / "nothing")
+
+
+def test_the_done_listing_ignores_what_a_killed_writer_left(tmp_path):
+    """zarr writes each object to "<key>.<id>.partial" first: a kill leaves such files."""
+    grid = dg.Grid(shape=8)
+    target = create_target(tmp_path / "k.zarr", spec=make_spec(grid, (4, 4, 4)), overwrite=False)
+    target.write_block((1, 0, 1), np.ones((4, 4, 4), dtype=np.float32))
+    leftover = tmp_path / "k.zarr" / "blocks_done" / "c" / "0" / "1"
+    leftover.mkdir(parents=True)
+    (leftover / "1.7f3a9c.partial").write_bytes(b"\x01")
+    assert sorted(map(tuple, np.argwhere(target.recorded_done()))) == [(1, 0, 1)]
