@@ -209,11 +209,6 @@ class Target:
         """The job as the store records it (JSON), for people and tools reading it."""
         return dict(self.group.attrs["daskgauss"]["job"])
 
-    @functools.cached_property
-    def spec(self) -> JobSpec:
-        """The job the store records."""
-        return JobSpec.from_json(self.record)
-
     @property
     def grid(self) -> Grid:
         """The grid recorded in the store (read from any store format)."""
