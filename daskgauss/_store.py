@@ -27,6 +27,7 @@ instant never leave a block recorded but unwritten.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import pathlib
@@ -318,15 +319,51 @@ class Target:
             The store's metadata is gone (the store was deleted while rendering):
             writing on would leave chunks in a directory that is no store.
         """
-        if not self._filesystem.exists(self._metadata):
-            raise StoreVanishedError(f"{self.location} was deleted while it was being rendered")
+        self._check_present(block_index, written=False)
         if not _all_zero(values):
             self._chunk_writer[self.block_slices(block_index)] = values
         self.done[tuple(slice(i, i + 1) for i in block_index)] = 1
+        self._check_present(block_index, written=True)
+
+    def _check_present(self, block_index: Sequence[int], *, written: bool) -> None:
+        """Raise :class:`StoreVanishedError` if the store's metadata is gone.
+
+        Writing a chunk recreates the directories above it, so a block written just
+        as the store was deleted would leave a directory that is no store, and the
+        rerun would refuse it; such a block's chunks, and the directories they
+        brought back, are removed first.
+        """
+        if self._filesystem.exists(self._metadata):
+            return
+        if written:
+            self._remove_block(block_index)
+        raise StoreVanishedError(f"{self.location} was deleted while it was being rendered")
+
+    def _remove_block(self, block_index: Sequence[int]) -> None:
+        root = fsspec.core.url_to_fs(self.location)[1].rstrip("/")
+        key = "/".join(str(i) for i in block_index)
+        for array in (DATA_PATH, DONE_PATH):
+            chunk = f"{root}/{array}/c/{key}"
+            with contextlib.suppress(OSError):
+                self._filesystem.rm_file(chunk)
+            # Empty directories from the chunk up to the store itself (local paths:
+            # object stores have none). One that is not empty is someone else's.
+            directory = chunk.rsplit("/", 1)[0]
+            while self._local and len(directory) >= len(root):
+                try:
+                    self._filesystem.rmdir(directory)
+                except OSError:
+                    break
+                directory = directory.rsplit("/", 1)[0]
 
     @functools.cached_property
     def _filesystem(self) -> Any:
         return fsspec.core.url_to_fs(self.location)[0]
+
+    @functools.cached_property
+    def _local(self) -> bool:
+        protocols = self._filesystem.protocol
+        return "file" in (protocols if isinstance(protocols, tuple) else (protocols,))
 
     @functools.cached_property
     def _metadata(self) -> str:
