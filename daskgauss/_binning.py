@@ -37,6 +37,7 @@ from ._job import Chunks
 
 __all__ = [
     "BIN_SHAPE",
+    "COVARIANCE_TABLE_COLUMNS",
     "Binning",
     "BlockSources",
     "Chunks",
@@ -46,8 +47,9 @@ __all__ = [
     "spatial_order",
 ]
 
-# Columns of a source table row (see Binning.table_rows).
+# Columns of a source table row (see Binning.table_rows), and with covariances.
 TABLE_COLUMNS = 7
+COVARIANCE_TABLE_COLUMNS = TABLE_COLUMNS + 6
 # Samples per spatial-order bin along x, y, z (z is contiguous in memory); bin shapes
 # from 2 x 2 x 16 to 16 x 4 x 4 measured the same.
 BIN_SHAPE = (4, 4, 16)
@@ -64,6 +66,9 @@ class BlockSources:
     amplitude : ndarray, shape (K,), or (1,) shared by all, float64
     index_low, index_high : ndarray, shape (K, 3), int64
         Inclusive global sample index range of each support box, clipped to the grid.
+    covariance : ndarray, shape (K, 6), or (1, 6) shared by all, float64, or None
+        Full covariances (rows ``xx, xy, xz, yy, yz, zz``); None for axis-aligned
+        Gaussians. ``sigma`` then holds the square roots of their diagonals.
     """
 
     positions: np.ndarray
@@ -71,6 +76,7 @@ class BlockSources:
     amplitude: np.ndarray
     index_low: np.ndarray
     index_high: np.ndarray
+    covariance: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -82,8 +88,12 @@ class BlockSources:
         """The sources of one block from its rows of :meth:`Binning.table_rows`."""
         positions = np.ascontiguousarray(rows[:, 0:3])
         sigma = np.ascontiguousarray(rows[:, 3:6])
+        covariance = None
+        if rows.shape[1] == COVARIANCE_TABLE_COLUMNS:
+            covariance = np.ascontiguousarray(rows[:, TABLE_COLUMNS:])
         index_low, index_high = index_boxes(positions, sigma, grid, tol)
-        return cls(positions, sigma, np.ascontiguousarray(rows[:, 6]), index_low, index_high)
+        return cls(positions, sigma, np.ascontiguousarray(rows[:, 6]), index_low, index_high,
+                   covariance)  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -312,11 +322,14 @@ def spatial_order(
 def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplitude, period,
                      periodic, keep_keys):  # fmt: skip
     """Every pair's position (images shifted), sigma and amplitude, each block's run in
-    the stable order of its ``keys``; sigma and amplitude stay one row where shared."""
+    the stable order of its ``keys``; sigma and amplitude stay one row where shared.
+
+    ``sigma`` may carry more columns (the covariances after the sigmas): all are kept.
+    """
     pairs = rows.shape[0]
     out_keys = np.empty(pairs if keep_keys else 0, keys.dtype)
     out_positions = np.empty((pairs, 3))
-    out_sigma = np.empty((pairs if sigma.shape[0] != 1 else 1, 3))
+    out_sigma = np.empty((pairs if sigma.shape[0] != 1 else 1, sigma.shape[1]))
     out_amplitude = np.empty(pairs if amplitude.shape[0] != 1 else 1)
     if sigma.shape[0] == 1:
         out_sigma[0] = sigma[0]
@@ -344,7 +357,7 @@ def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplit
                     elif shifts[d] == -1:
                         out_positions[out, d] = positions[c, d] - period[d]
             if sigma.shape[0] != 1:
-                for d in range(3):
+                for d in range(sigma.shape[1]):
                     out_sigma[out, d] = sigma[c, d]
             if amplitude.shape[0] != 1:
                 out_amplitude[out] = amplitude[c]
@@ -376,6 +389,8 @@ class Binning:
     keys : ndarray, shape (pairs,), int64, or None
         Each pair's spatial key (its global bin packed in C order), kept only when
         asked for: what merging binnings of several chunks of centres sorts by.
+    covariance : ndarray, shape (pairs, 6) or (1, 6), float64, or None
+        Full covariances, as in :class:`BlockSources`; None for axis-aligned Gaussians.
     """
 
     grid: Grid
@@ -386,6 +401,7 @@ class Binning:
     sigma: np.ndarray
     amplitude: np.ndarray
     keys: np.ndarray | None = None
+    covariance: np.ndarray | None = None
 
     @property
     def numblocks(self) -> tuple[int, int, int]:
@@ -414,44 +430,55 @@ class Binning:
         """Number of (Gaussian, block) pairs: the rows of the table."""
         return int(self.block_offsets[-1])
 
-    def _rows(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Positions, sigmas and amplitudes of rows ``start:stop`` (shared values as one row)."""
-        sigma = self.sigma[start:stop] if len(self.sigma) != 1 else self.sigma
-        amplitude = self.amplitude[start:stop] if len(self.amplitude) != 1 else self.amplitude
-        return self.positions[start:stop], sigma, amplitude
+    def _rows(
+        self, start: int, stop: int
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """Positions, sigmas, amplitudes and covariances of rows ``start:stop`` (shared
+        values as one row)."""
+
+        def rows(array: np.ndarray) -> np.ndarray:
+            return array[start:stop] if len(array) != 1 else array
+
+        covariance = None if self.covariance is None else rows(self.covariance)
+        return self.positions[start:stop], rows(self.sigma), rows(self.amplitude), covariance
 
     def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
         """The sources that reach the block, in summation order."""
         flat = self.flat_index(block_index)
-        positions, sigma, amplitude = self._rows(
+        positions, sigma, amplitude, covariance = self._rows(
             int(self.block_offsets[flat]), int(self.block_offsets[flat + 1])
         )
         index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)
-        return BlockSources(positions, sigma, amplitude, index_low, index_high)
+        return BlockSources(positions, sigma, amplitude, index_low, index_high, covariance)
 
     def table_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the source table, for storing.
 
         Row ``p`` (float64, :data:`TABLE_COLUMNS` columns: x, y, z, sigma x, y, z,
-        amplitude) is pair ``p``; block ``b`` owns rows
+        amplitude, then with covariances the six entries ``xx, xy, xz, yy, yz, zz``:
+        :data:`COVARIANCE_TABLE_COLUMNS`) is pair ``p``; block ``b`` owns rows
         ``block_offsets[b]:block_offsets[b + 1]``. :meth:`BlockSources.from_table`
         reads a block's rows back (recomputing the sample index ranges).
         """
-        positions, sigma, amplitude = self._rows(start, stop)
+        positions, sigma, amplitude, covariance = self._rows(start, stop)
         count = stop - start
         columns = (positions, np.broadcast_to(sigma, (count, 3)),
                    np.broadcast_to(amplitude, (count,))[:, None])  # fmt: skip
+        if covariance is not None:
+            columns += (np.broadcast_to(covariance, (count, 6)),)
         return np.concatenate(columns, axis=1)
 
     @property
     def table(self) -> tuple[np.ndarray, int, Callable[[int, int], np.ndarray]]:
         """``(block_offsets, columns, table_rows)``: what a store needs to keep the table."""
-        return self.block_offsets, TABLE_COLUMNS, self.table_rows
+        columns = TABLE_COLUMNS if self.covariance is None else COVARIANCE_TABLE_COLUMNS
+        return self.block_offsets, columns, self.table_rows
 
     @property
     def nbytes(self) -> int:
         """Memory held by the binning, in bytes."""
         arrays = (self.block_offsets, self.positions, self.sigma, self.amplitude)
+        arrays += () if self.covariance is None else (self.covariance,)
         return sum(array.nbytes for array in arrays)
 
 
@@ -537,9 +564,17 @@ def bin_gaussians(
     bins = np.prod([-(-n // b) for n, b in zip(grid.shape, BIN_SHAPE, strict=True)])
     keys = np.empty(pairs, np.int32 if bins < 2**31 else np.int64)
     _pairs(*arguments, True, block_offsets[:-1].copy(), rows, images, keys)
-    positions, sigma, amplitude, keys = _ordered_sources(
-        block_offsets, rows, images, keys, positions, gaussians.sigma, gaussians.amplitude,
+    # Covariances travel as extra columns after the sigmas (both per centre or both shared).
+    shapes = gaussians.sigma
+    if gaussians.covariance is not None:
+        shapes = np.concatenate([gaussians.sigma, gaussians.covariance], axis=1)
+    positions, shapes, amplitude, keys = _ordered_sources(
+        block_offsets, rows, images, keys, positions, shapes, gaussians.amplitude,
         period, bool(periodic), keep_keys)  # fmt: skip
+    sigma, covariance = shapes, None
+    if gaussians.covariance is not None:
+        sigma, covariance = (np.ascontiguousarray(shapes[:, :3]),
+                             np.ascontiguousarray(shapes[:, 3:]))  # fmt: skip
     return Binning(
         grid=grid,
         chunks=chunks,
@@ -549,4 +584,5 @@ def bin_gaussians(
         sigma=sigma,
         amplitude=amplitude,
         keys=keys if keep_keys else None,
+        covariance=covariance,
     )

@@ -9,7 +9,8 @@ A block's sources arrive in their summation order (the binning's spatial order).
 Two kernels add them, with the same bits for the same order: the strip kernel
 (:mod:`._kernel`) for few, wide Gaussians, the narrow kernel (:mod:`._narrow_kernel`)
 for many or narrow ones. The choice is per block and only a matter of speed
-(``daskgauss.kernel``: ``auto``, ``strips`` or ``narrow``).
+(``daskgauss.kernel``: ``auto``, ``strips`` or ``narrow``). Gaussians with full
+covariances have a kernel of their own (:mod:`._covariance_kernel`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from numpy.typing import DTypeLike
 
 from . import _config
 from ._binning import BlockSources
+from ._covariance_kernel import add_covariance_gaussians_to_block
+from ._gaussians import diagonal_rows
 from ._grid import Grid
 from ._kernel import add_gaussians_to_block
 from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
@@ -80,6 +83,16 @@ def render_block(
         return out
     if out is None:
         out = np.empty(block_shape, dtype=dtype)
+    # A block whose covariances are all diagonal takes the axis-aligned kernels: the
+    # same bits as the sigmas they hold (the choice depends on the block's sources
+    # only, so it is the same however the centres arrive).
+    if sources.covariance is not None and not diagonal_rows(sources.covariance).all():
+        add_covariance_gaussians_to_block(
+            out, np.asarray(block_start, dtype=np.int64), np.array(grid.origin),
+            np.array(grid.spacing), sources.positions, sources.covariance, sources.amplitude,
+            sources.index_low, sources.index_high, math.log(1.0 / tol), True,
+        )  # fmt: skip
+        return out
     arguments = (
         out,
         np.asarray(block_start, dtype=np.int64),

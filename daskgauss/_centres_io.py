@@ -1,4 +1,4 @@
-"""Reading centres (and optional weights and sigmas) from files.
+"""Reading centres (and optional weights, sigmas or covariances) from files.
 
 Formats
 -------
@@ -7,15 +7,17 @@ Formats
 ``.csv``, ``.txt``, ``.xyz``
     One centre per line, values separated by commas or whitespace, ``#`` starts a
     comment. A header line names the columns: ``x y z`` and optionally ``weight``
-    and either ``sigma`` or ``sx sy sz``; other named columns (an element or atom
+    and one of ``sigma``, ``sx sy sz`` or the covariance ``cxx cxy cxz cyy cyz czz``
+    (coordinate units squared); other named columns (an element or atom
     name, say) are ignored. Without a header the file must have exactly three
     numeric columns, x y z. The chemistry XYZ layout (atom count, comment line,
     then ``symbol x y z``) is read too.
 
 Zarr (an array of shape (M, 3), or a group with ``centres`` (M, 3) and optional
-    ``weights`` (M,) and ``sigma`` (M,) or (M, 3)) and Parquet (a file, or a directory
-    of files, with columns ``x y z`` and optionally ``weight`` and ``sigma`` or
-    ``sx sy sz``; needs pyarrow, the ``parquet`` extra) are read lazily, as dask
+    ``weights`` (M,) and ``sigma`` (M,) or (M, 3), or ``covariance`` (M, 3, 3)) and
+    Parquet (a file, or a directory of files, with columns ``x y z`` and optionally
+    ``weight`` and ``sigma``, ``sx sy sz`` or ``cxx cxy cxz cyy cyz czz``; needs
+    pyarrow, the ``parquet`` extra) are read lazily, as dask
     arrays chunked as stored (Zarr chunks, Parquet row groups): their values are
     read, validated and binned where the chunks are rendered, never all in one
     process.
@@ -62,12 +64,50 @@ class CentresFile:
     sigma : ndarray or dask array, shape (M,) or (M, 3), or None when it has no sigmas
     source : str
         Where the centres came from, in words (for messages and the store's run log).
+    covariance : ndarray or dask array, shape (M, 3, 3), or None when it has none
     """
 
     centres: Any
     weights: Any
     sigma: Any
     source: str = ""
+    covariance: Any = None
+
+
+# Per-axis sigmas and covariance entries: columns that only come as a whole set.
+PER_AXIS_COLUMNS = ("sx", "sy", "sz")
+COVARIANCE_COLUMNS = ("cxx", "cxy", "cxz", "cyy", "cyz", "czz")
+SHAPE_COLUMNS = ("sigma", *PER_AXIS_COLUMNS, *COVARIANCE_COLUMNS)
+# Each (row, column) of a 3 x 3 covariance from its six columns.
+_MATRIX_ENTRIES = (0, 1, 2, 1, 3, 4, 2, 4, 5)
+
+
+def _check_shape_columns(names: Any, where: str) -> None:
+    """Refuse partial sets and more than one of sigma, sx sy sz and the covariance."""
+    present = [name for name in SHAPE_COLUMNS if name in names]
+    kinds = [kind for kind, group in (("sigma", ("sigma",)), ("sx sy sz", PER_AXIS_COLUMNS),
+                                      ("cxx ... czz", COVARIANCE_COLUMNS))
+             if any(name in present for name in group)]  # fmt: skip
+    if len(kinds) > 1:
+        raise CentresFileError(f"{where}: give one of {' or '.join(kinds)} columns, not both")
+    for group in (PER_AXIS_COLUMNS, COVARIANCE_COLUMNS):
+        partial = [name for name in group if name in present]
+        if partial and len(partial) != len(group):
+            raise CentresFileError(
+                f"{where}: columns {' '.join(group)} go together; found only {' '.join(partial)}"
+            )
+
+
+def _shapes(columns: dict[str, Any], stack: Any) -> tuple[Any, Any]:
+    """(sigma, covariance) from named columns (numpy or dask), either None where absent."""
+    if "sigma" in columns:
+        return columns["sigma"], None
+    if "sx" in columns:
+        return stack([columns[name] for name in PER_AXIS_COLUMNS], axis=1), None
+    if "cxx" in columns:
+        entries = [columns[COVARIANCE_COLUMNS[k]] for k in _MATRIX_ENTRIES]
+        return None, stack(entries, axis=1).reshape(-1, 3, 3)
+    return None, None
 
 
 def _fields(line: str) -> list[str]:
@@ -108,15 +148,7 @@ def _columns(header: list[str], path: str, line_number: int) -> dict[str, int]:
             f"{path}, line {line_number}: the header must name columns x, y and z "
             f"(missing {', '.join(missing)}); got {' '.join(header)}"
         )
-    if "sigma" in position and any(name in position for name in ("sx", "sy", "sz")):
-        raise CentresFileError(
-            f"{path}, line {line_number}: give either a sigma column or sx sy sz, not both"
-        )
-    partial = [name for name in ("sx", "sy", "sz") if name in position]
-    if partial and len(partial) != 3:
-        raise CentresFileError(
-            f"{path}, line {line_number}: per-axis sigmas need all of sx, sy and sz; got {partial}"
-        )
+    _check_shape_columns(position, f"{path}, line {line_number}")
     return position
 
 
@@ -161,7 +193,7 @@ def _read_text(path: str, data: bytes) -> CentresFile:
 
     if not body:
         raise CentresFileError(f"{path}: the file holds no centres")
-    known = ("x", "y", "z", "weight", "sigma", "sx", "sy", "sz")
+    known = ("x", "y", "z", "weight", *SHAPE_COLUMNS)
     wanted = [name for name in known if name in position]
     values = np.empty((len(body), len(wanted)))
     for row, (number, fields) in enumerate(body):
@@ -178,15 +210,12 @@ def _read_text(path: str, data: bytes) -> CentresFile:
                     f"{path}, line {number}: column {name!r} is not a number: {field!r}"
                 ) from None
     by_name = {name: values[:, column] for column, name in enumerate(wanted)}
-    sigma = None
-    if "sigma" in by_name:
-        sigma = by_name["sigma"]
-    elif "sx" in by_name:
-        sigma = np.stack([by_name["sx"], by_name["sy"], by_name["sz"]], axis=1)
+    sigma, covariance = _shapes(by_name, np.stack)
     return CentresFile(
         centres=np.stack([by_name["x"], by_name["y"], by_name["z"]], axis=1),
         weights=by_name.get("weight"),
         sigma=sigma,
+        covariance=covariance,
     )
 
 
@@ -262,9 +291,13 @@ def _read_zarr(name: str) -> CentresFile:
         if "centres" not in node:
             raise CentresFileError(
                 f"{name}: a Zarr group needs an array 'centres' (M x 3), and may hold "
-                f"'weights' (M) and 'sigma' (M or M x 3); it has {sorted(node.array_keys())}"
+                f"'weights' (M) and 'sigma' (M or M x 3) or 'covariance' (M x 3 x 3); it has "
+                f"{sorted(node.array_keys())}"
             )
-        parts = {key: node[key] for key in ("centres", "weights", "sigma") if key in node}
+        parts = {key: node[key] for key in ("centres", "weights", "sigma", "covariance")
+                 if key in node}  # fmt: skip
+        if "sigma" in parts and "covariance" in parts:
+            raise CentresFileError(f"{name}: give 'sigma' or 'covariance', not both")
     arrays = {key: da.from_zarr(array) for key, array in parts.items()}
     centres = arrays["centres"]
     if centres.ndim != 2 or centres.shape[1] != 3:
@@ -272,7 +305,8 @@ def _read_zarr(name: str) -> CentresFile:
     if centres.shape[0] == 0:
         raise CentresFileError(f"{name}: the store holds no centres")
     return CentresFile(centres=centres, weights=arrays.get("weights"),
-                       sigma=arrays.get("sigma"), source=f"Zarr {name}")  # fmt: skip
+                       sigma=arrays.get("sigma"), source=f"Zarr {name}",
+                       covariance=arrays.get("covariance"))  # fmt: skip
 
 
 def _parquet_rows(path: str, group: int, columns: list[str], storage: dict) -> np.ndarray:
@@ -293,15 +327,11 @@ def _read_parquet(name: str, filesystem: Any, inner: str) -> CentresFile:
     missing = [axis for axis in "xyz" if axis not in schema]
     if missing:
         raise CentresFileError(
-            f"{name}: Parquet centres need columns x y z (and may have weight, and sigma or "
-            f"sx sy sz); missing {' '.join(missing)} in {schema}"
+            f"{name}: Parquet centres need columns x y z (and may have weight, and sigma, "
+            f"sx sy sz or cxx cxy cxz cyy cyz czz); missing {' '.join(missing)} in {schema}"
         )
-    per_axis = [axis for axis in ("sx", "sy", "sz") if axis in schema]
-    if "sigma" in schema and per_axis:
-        raise CentresFileError(f"{name}: give either a sigma column or sx sy sz, not both")
-    if per_axis and len(per_axis) != 3:
-        raise CentresFileError(f"{name}: sx sy sz go together; found only {' '.join(per_axis)}")
-    columns = ["x", "y", "z"] + [c for c in ("weight", "sigma", "sx", "sy", "sz") if c in schema]
+    _check_shape_columns(schema, name)
+    columns = ["x", "y", "z"] + [c for c in ("weight", *SHAPE_COLUMNS) if c in schema]
     protocol = filesystem.protocol if isinstance(filesystem.protocol, str) else (
         filesystem.protocol[0])  # fmt: skip
     storage = {"protocol": protocol, **filesystem.storage_options}
@@ -317,12 +347,8 @@ def _read_parquet(name: str, filesystem: Any, inner: str) -> CentresFile:
     if not pieces:
         raise CentresFileError(f"{name}: the Parquet files hold no centres")
     table = da.concatenate(pieces)
-    where = {column: k for k, column in enumerate(columns)}
-    sigma = None
-    if "sigma" in where:
-        sigma = table[:, where["sigma"]]
-    elif "sx" in where:
-        sigma = table[:, [where["sx"], where["sy"], where["sz"]]]
-    return CentresFile(centres=table[:, 0:3],
-                       weights=table[:, where["weight"]] if "weight" in where else None,
-                       sigma=sigma, source=f"Parquet {name} ({len(files)} files)")  # fmt: skip
+    named = {column: table[:, k] for k, column in enumerate(columns)}
+    sigma, covariance = _shapes(named, da.stack)
+    return CentresFile(centres=table[:, 0:3], weights=named.get("weight"), sigma=sigma,
+                       source=f"Parquet {name} ({len(files)} files)",
+                       covariance=covariance)  # fmt: skip

@@ -1,6 +1,6 @@
 """Centres in chunks: dask-array inputs, validated and binned where the chunks live.
 
-When the centres (or per-centre sigmas or weights) are dask arrays, no process holds
+When the centres (or per-centre sigmas, covariances or weights) are dask arrays, no process holds
 all of them. Each chunk of rows is validated and binned to the output blocks its
 supports reach by a task of its own (the binning of :mod:`._binning`, per chunk,
 keeping each pair's spatial key); one small task per (chunk, block) picks that
@@ -75,20 +75,24 @@ class ChunkSettings:
 
 @dataclass(frozen=True, eq=False)
 class ChunkedInputs:
-    """Centres, sigmas and weights as row-aligned dask arrays (or values shared by all).
+    """Centres, sigmas, covariances and weights as row-aligned dask arrays (or values
+    shared by all).
 
     Attributes
     ----------
     centres : dask.array.Array, shape (M, 3), float
         Chunked along rows only.
-    sigma : dask.array.Array of shape (M,) or (M, 3) with the same row chunks, or
-        a numpy value shared by all (a number or shape (1, 3)).
+    sigma : dask.array.Array of shape (M,) or (M, 3) with the same row chunks, a
+        numpy value shared by all (a number or shape (1, 3)), or None.
     weights : dask.array.Array of shape (M,) with the same row chunks, a number, or None.
+    covariance : dask.array.Array of shape (M, 3, 3) with the same row chunks, a numpy
+        value shared by all (shape (3, 3)), or None.
     """
 
     centres: da.Array
     sigma: Any
     weights: Any
+    covariance: Any = None
 
     @property
     def count(self) -> int:
@@ -102,15 +106,17 @@ class ChunkedInputs:
     def first_rows(self) -> list[int]:
         return [0, *np.cumsum(self.row_chunks)[:-1].tolist()]
 
-    def chunk_arguments(self) -> list[tuple[Any, Any, Any, int]]:
-        """Per chunk: (centres, sigma, weights, first row), dask objects or shared values."""
+    def chunk_arguments(self) -> list[tuple[Any, Any, Any, Any, int]]:
+        """Per chunk: (centres, sigma, covariance, weights, first row), dask objects or
+        shared values."""
         centres = self.centres.to_delayed().ravel()
         sigma = _per_chunk(self.sigma, len(centres))
+        covariance = _per_chunk(self.covariance, len(centres))
         weights = _per_chunk(self.weights, len(centres))
-        return list(zip(centres, sigma, weights, self.first_rows, strict=True))
+        return list(zip(centres, sigma, covariance, weights, self.first_rows, strict=True))
 
     def token(self) -> str:
-        return tokenize(self.centres, self.sigma, self.weights)
+        return tokenize(self.centres, self.sigma, self.covariance, self.weights)
 
 
 def _per_chunk(value: Any, chunks: int) -> list[Any]:
@@ -119,9 +125,11 @@ def _per_chunk(value: Any, chunks: int) -> list[Any]:
     return [value] * chunks
 
 
-def _aligned(value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple) -> Any:
-    """A per-centre ``value`` as a dask array with the centres' row chunks; shared ones as is."""
-    if value is None or np.ndim(value) == 0 or (np.shape(value) == (1, 3)):
+def _aligned(value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple,
+             shared: tuple = ((1, 3),)) -> Any:  # fmt: skip
+    """A per-centre ``value`` as a dask array with the centres' row chunks; shared ones
+    (a number, or of a shape in ``shared``) as they are."""
+    if value is None or np.ndim(value) == 0 or (np.shape(value) in shared):
         return value
     shape = tuple(value.shape) if hasattr(value, "shape") else np.shape(value)
     if shape not in shapes:
@@ -133,10 +141,11 @@ def _aligned(value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple
     array = value if is_dask_collection(value) else da.from_array(np.asarray(value))
     if any(math.isnan(size) for axis in array.chunks for size in axis):
         raise ValueError(f"{name} has chunks of unknown size: call .compute_chunk_sizes() first")
-    return array.rechunk((row_chunks, *((-1,) if array.ndim == 2 else ())))
+    return array.rechunk((row_chunks, *(-1,) * (array.ndim - 1)))
 
 
-def chunked_inputs(centres: Any, sigma: Any, weights: Any) -> ChunkedInputs:
+def chunked_inputs(centres: Any, sigma: Any, weights: Any, covariance: Any = None
+                   ) -> ChunkedInputs:  # fmt: skip
     """Check the shapes of chunked inputs (reading no data) and align their chunks.
 
     Raises
@@ -165,13 +174,16 @@ def chunked_inputs(centres: Any, sigma: Any, weights: Any) -> ChunkedInputs:
         centres=centres,
         sigma=_aligned(sigma, "sigma", count, rows, ((count,), (count, 3))),
         weights=_aligned(weights, "weights", count, rows, ((count,),)),
-    )
+        covariance=_aligned(covariance, "covariance", count, rows, ((count, 3, 3),),
+                            shared=((3, 3), (1, 3, 3))),
+    )  # fmt: skip
 
 
-def _gaussians(centres, sigma, weights, first_row: int, settings: ChunkSettings) -> Gaussians:
+def _gaussians(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings
+               ) -> Gaussians:  # fmt: skip
     try:
-        return prepare_gaussians(np.asarray(centres), sigma, weights=weights,
-                                 normalize=settings.normalize, tol=settings.tol,
+        return prepare_gaussians(np.asarray(centres), sigma, covariance=covariance,
+                                 weights=weights, normalize=settings.normalize, tol=settings.tol,
                                  first_row=first_row)  # fmt: skip
     except ValueError as error:
         raise ValueError(f"{settings.source}: {error}") from None
@@ -191,9 +203,10 @@ class ChunkSummary:
     pairs: np.ndarray
 
 
-def _summarise(centres, sigma, weights, first_row: int, settings: ChunkSettings) -> ChunkSummary:
+def _summarise(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings
+               ) -> ChunkSummary:  # fmt: skip
     """Validate one chunk, hash it and count its (Gaussian, block) pairs per block."""
-    gaussians = _gaussians(centres, sigma, weights, first_row, settings)
+    gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
     grid = settings.grid
     positions = gaussians.positions
     period = np.array(grid.period)
@@ -226,14 +239,14 @@ def _summarise(centres, sigma, weights, first_row: int, settings: ChunkSettings)
 
 def _chunk_tasks(inputs: ChunkedInputs, settings: ChunkSettings, function: Callable, name: str
                  ) -> list[Any]:  # fmt: skip
-    """``function(centres, sigma, weights, first_row, settings)`` as a task per chunk."""
+    """``function(centres, sigma, covariance, weights, first_row, settings)`` as a task
+    per chunk."""
     token = tokenize(inputs.token(), settings, name)
     return [
-        dask.delayed(function, pure=True)(
-            centres, sigma, weights, first, settings, dask_key_name=f"{name}-{token}-{number}"
-        )
-        for number, (centres, sigma, weights, first) in enumerate(inputs.chunk_arguments())
-    ]
+        dask.delayed(function, pure=True)(*arguments, settings,
+                                          dask_key_name=f"{name}-{token}-{number}")
+        for number, arguments in enumerate(inputs.chunk_arguments())
+    ]  # fmt: skip
 
 
 def summaries(inputs: ChunkedInputs, settings: ChunkSettings) -> list[Any]:
@@ -249,24 +262,27 @@ def fingerprint(parts: list[ChunkSummary]) -> str:
     return digest.hexdigest()
 
 
-Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+# positions, sigmas, amplitudes, keys, covariances (or None)
+Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
-def _bin_chunk(centres, sigma, weights, first_row: int, settings: ChunkSettings):
-    gaussians = _gaussians(centres, sigma, weights, first_row, settings)
+def _bin_chunk(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings):
+    gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
     return bin_gaussians(gaussians, settings.grid, settings.chunks, periodic=settings.periodic,
                          keep_keys=True)  # fmt: skip
 
 
 def _piece(binning, flat: int) -> Piece:
-    """Block ``flat``'s rows of one chunk's binning: positions, sigmas, amplitudes, keys."""
+    """Block ``flat``'s rows of one chunk's binning: positions, sigmas, amplitudes, keys,
+    covariances."""
     start, stop = int(binning.block_offsets[flat]), int(binning.block_offsets[flat + 1])
 
     def rows(values: np.ndarray) -> np.ndarray:
         return values.copy() if len(values) == 1 else values[start:stop].copy()
 
+    covariance = None if binning.covariance is None else rows(binning.covariance)
     return (binning.positions[start:stop].copy(), rows(binning.sigma), rows(binning.amplitude),
-            binning.keys[start:stop].copy())  # fmt: skip
+            binning.keys[start:stop].copy(), covariance)  # fmt: skip
 
 
 def merge(pieces: tuple[Piece, ...], settings: ChunkSettings) -> BlockSources:
@@ -289,8 +305,11 @@ def merge(pieces: tuple[Piece, ...], settings: ChunkSettings) -> BlockSources:
     positions = joined(0).reshape(-1, 3)
     sigma = np.ascontiguousarray(joined(1).reshape(-1, 3))
     amplitude = np.ascontiguousarray(joined(2))
+    covariance = None
+    if pieces and pieces[0][4] is not None:
+        covariance = np.ascontiguousarray(joined(4).reshape(-1, 6))
     index_low, index_high = index_boxes(positions, sigma, settings.grid, settings.tol)
-    return BlockSources(positions, sigma, amplitude, index_low, index_high)
+    return BlockSources(positions, sigma, amplitude, index_low, index_high, covariance)
 
 
 def _render(settings: ChunkSettings, dtype: str, index: tuple, *pieces: Piece) -> np.ndarray:

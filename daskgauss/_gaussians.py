@@ -17,9 +17,13 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "COVARIANCE_ENTRIES",
     "NORMALIZATIONS",
     "Gaussians",
+    "check_sigma_or_covariance",
     "checked_tol",
+    "covariance_pivots",
+    "diagonal_rows",
     "prepare_gaussians",
     "support_half_width",
 ]
@@ -59,12 +63,20 @@ class Gaussians:
         Peak value of each Gaussian, or of all of them: weight times normalisation.
     tol : float
         Each Gaussian is cut where it falls below ``tol`` times its peak.
+    covariance : ndarray, shape (M, 6) or (1, 6), float64, or None
+        Full covariances (coordinate units squared) as rows ``xx, xy, xz, yy, yz, zz``,
+        or None for Gaussians aligned with the axes. When given, ``sigma`` holds the
+        square roots of the diagonals (exactly the sigmas a diagonal covariance was
+        made from: ``sqrt(s * s) == s`` in binary floating point): the support box
+        per axis is still ``sigma_d sqrt(2 ln(1/tol))``, the bounding box of the
+        ellipsoid where the Gaussian falls to ``tol``.
     """
 
     positions: np.ndarray
     sigma: np.ndarray
     amplitude: np.ndarray
     tol: float
+    covariance: np.ndarray | None = None
 
     @property
     def count(self) -> int:
@@ -80,7 +92,10 @@ class Gaussians:
     @functools.cached_property
     def _digest(self) -> str:
         digest = hashlib.sha256()
-        for array in (self.positions, self.sigma, self.amplitude):
+        arrays = (self.positions, self.sigma, self.amplitude)
+        # Axis-aligned Gaussians hash as they always did (stores resume across releases).
+        arrays += () if self.covariance is None else (self.covariance,)
+        for array in arrays:
             # The shape tells a shared value from a per-centre array of the same bytes.
             digest.update(repr(array.shape).encode())
             digest.update(np.ascontiguousarray(array, dtype="<f8").reshape(-1))
@@ -88,7 +103,8 @@ class Gaussians:
         return digest.hexdigest()
 
     def fingerprint(self) -> str:
-        """A SHA-256 of positions, sigmas, amplitudes and tolerance: equal inputs, equal hash.
+        """A SHA-256 of positions, sigmas, covariances, amplitudes and tolerance: equal
+        inputs, equal hash.
 
         Computed once per object (the job token and the store's record both use it).
         """
@@ -165,6 +181,69 @@ def _sigma(sigma: ArrayLike, count: int, first_row: int) -> np.ndarray:
     return full if count else np.empty((0, 3))
 
 
+# Rows of a covariance as stored: the upper triangle, row by row.
+COVARIANCE_ENTRIES = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
+# Relative asymmetry accepted (and averaged away): what computing R D R^T in float64 leaves.
+_SYMMETRY_TOLERANCE = 1e-10
+
+
+def covariance_pivots(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pivots of the Cholesky factorisation of covariance rows (shape (K, 6)).
+
+    ``xx``, ``yy - xy^2 / xx`` (the variance of y given x) and ``zz - beta . (xz, yz)``
+    (the variance of z given x and y), computed as the covariance kernel computes
+    them. A covariance is positive definite exactly when all three are positive, and
+    its determinant is their product.
+    """
+    xx, xy, xz, yy, yz, zz = rows.T
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        determinant_xy = xx * yy - xy * xy
+        beta_x = (xz * yy - yz * xy) / determinant_xy
+        beta_y = (yz * xx - xz * xy) / determinant_xy
+        return xx, yy - xy * xy / xx, zz - (beta_x * xz + beta_y * yz)
+
+
+def _covariance(covariance: ArrayLike, count: int, first_row: int) -> np.ndarray:
+    """Covariances as rows ``xx, xy, xz, yy, yz, zz``: shape (1, 6) or (count, 6)."""
+    array = _finite_float_array(covariance, "covariance", first_row)
+    if array.shape == (3, 3):
+        array = array[None]
+    elif array.shape not in ((count, 3, 3), (1, 3, 3)):
+        raise ValueError(
+            f"covariance must have shape (3, 3), one for all centres, or (M, 3, 3) = "
+            f"({count}, 3, 3), one per centre; got {array.shape}"
+        )
+    scale = np.abs(array).max(axis=(1, 2))
+    asymmetry = np.abs(array - array.transpose(0, 2, 1)).max(axis=(1, 2))
+    bad = asymmetry > _SYMMETRY_TOLERANCE * scale
+    if bad.any():
+        index = int(np.argmax(bad))
+        where = f"covariance[{index + first_row}]" if len(array) > 1 else "covariance"
+        raise ValueError(
+            f"covariance must be symmetric: {where} differs from its transpose by "
+            f"{asymmetry[index]:.3g} (entries up to {scale[index]:.3g})"
+        )
+    symmetric = 0.5 * (array + array.transpose(0, 2, 1))
+    rows = np.stack([symmetric[:, i, j] for i, j in COVARIANCE_ENTRIES], axis=1)
+    pivots = covariance_pivots(rows)
+    definite = np.logical_and.reduce([pivot > 0 for pivot in pivots])
+    if not definite.all():
+        index = int(np.argmin(definite))
+        where = f"covariance[{index + first_row}]" if len(array) > 1 else "covariance"
+        eigenvalues = np.linalg.eigvalsh(symmetric[index])
+        raise ValueError(
+            f"covariance must be positive definite: {where} is not (eigenvalues "
+            f"{', '.join(f'{value:.6g}' for value in eigenvalues)}); a Gaussian needs a "
+            "positive variance along every direction"
+        )
+    return _shared_or_per_centre(rows) if count else np.empty((0, 6))
+
+
+def diagonal_rows(rows: np.ndarray) -> np.ndarray:
+    """Which covariance rows (shape (K, 6)) are diagonal: boolean, shape (K,)."""
+    return (rows[:, 1] == 0) & (rows[:, 2] == 0) & (rows[:, 4] == 0)
+
+
 def _weights(weights: ArrayLike | None, count: int, first_row: int) -> np.ndarray:
     if weights is None:
         return np.ones(1 if count else 0)
@@ -176,6 +255,16 @@ def _weights(weights: ArrayLike | None, count: int, first_row: int) -> np.ndarra
             f"weights must be None, a number or shape (M,) = ({count},); got {array.shape}"
         )
     return _shared_or_per_centre(array)
+
+
+def check_sigma_or_covariance(sigma: object, covariance: object) -> None:
+    """Refuse both or neither of ``sigma`` and ``covariance``."""
+    if sigma is not None and covariance is not None:
+        raise ValueError("give sigma or covariance, not both: pass sigma=None with covariance=")
+    if sigma is None and covariance is None:
+        raise ValueError(
+            "give sigma (Gaussians aligned with the axes) or covariance= (full covariances)"
+        )
 
 
 def checked_tol(tol: float) -> float:
@@ -194,8 +283,9 @@ def checked_tol(tol: float) -> float:
 
 def prepare_gaussians(
     centres: ArrayLike,
-    sigma: ArrayLike,
+    sigma: ArrayLike | None,
     *,
+    covariance: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     normalize: str = "peak",
     tol: float = 1e-6,
@@ -207,13 +297,17 @@ def prepare_gaussians(
     ----------
     centres : array_like, shape (M, 3)
         Centre coordinates; column ``d`` is output axis ``d``.
-    sigma : float or array_like, shape (M,), (M, 3) or (1, 3)
-        Standard deviations (coordinate units).
+    sigma : float or array_like, shape (M,), (M, 3) or (1, 3), or None
+        Standard deviations (coordinate units). None when ``covariance`` is given.
+    covariance : array_like, shape (3, 3) or (M, 3, 3), optional
+        Symmetric positive definite covariances (coordinate units squared), instead
+        of ``sigma``.
     weights : None, float or array_like, shape (M,)
         Weight of each Gaussian (may be negative); None means 1.
     normalize : {"peak", "density"}
         ``"peak"``: each Gaussian peaks at its weight. ``"density"``: each integrates
-        to its weight, amplitude ``w (2 pi)^(-3/2) / (sigma_x sigma_y sigma_z)``.
+        to its weight, amplitude ``w (2 pi)^(-3/2) / (sigma_x sigma_y sigma_z)``, or
+        ``w (2 pi)^(-3/2) det(C)^(-1/2)`` with a covariance ``C``.
     tol : float in (0, 1)
         Cut each Gaussian where it falls below ``tol`` times its peak.
     first_row : int
@@ -228,18 +322,31 @@ def prepare_gaussians(
     if normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {normalize!r}")
     cut = checked_tol(tol)
+    check_sigma_or_covariance(sigma, covariance)
     positions = _centres(centres, first_row)
     count = positions.shape[0]
-    sigmas = _sigma(sigma, count, first_row)
+    rows = None
+    if covariance is not None:
+        rows = _covariance(covariance, count, first_row)
+        sigmas = np.sqrt(rows[:, [0, 3, 5]])
+    else:
+        sigmas = _sigma(sigma, count, first_row)
     amplitude = _weights(weights, count, first_row)
     if normalize == "density":
-        if len(sigmas) > len(amplitude):  # per-centre sigma, one weight for all
-            amplitude = np.broadcast_to(amplitude, (len(sigmas),))
+        shapes = len(sigmas)
+        if shapes > len(amplitude):  # per-centre shapes, one weight for all
+            amplitude = np.broadcast_to(amplitude, (shapes,))
         with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
-            amplitude = amplitude * (2.0 * math.pi) ** -1.5 / np.prod(sigmas, axis=1)
+            scale = np.prod(sigmas, axis=1)
+            if rows is not None:
+                # A diagonal covariance is normalised as its sigmas are: the same bits.
+                general = np.sqrt(np.prod(covariance_pivots(rows), axis=0))
+                scale = np.where(diagonal_rows(rows), scale, general)
+            amplitude = amplitude * (2.0 * math.pi) ** -1.5 / scale
         if not np.all(np.isfinite(amplitude)):
             raise ValueError(
                 'normalize="density" overflows for these sigmas: scale the coordinates so that '
                 "sigma_x * sigma_y * sigma_z is representable"
             )
-    return Gaussians(positions=positions, sigma=sigmas, amplitude=amplitude, tol=cut)
+    return Gaussians(positions=positions, sigma=sigmas, amplitude=amplitude, tol=cut,
+                     covariance=rows)  # fmt: skip

@@ -81,6 +81,9 @@ class JobSpec:
         The store's chunk codec; None for a job that is not written to a store.
     unit : str or None
         OME-NGFF space unit of the coordinates.
+    covariance : bool
+        Whether the Gaussians have full covariances (``sigma_range`` then describes
+        the square roots of their diagonals). Descriptive, implied by the fingerprint.
     """
 
     grid: Grid
@@ -95,6 +98,7 @@ class JobSpec:
     chunks: Chunks
     compression: str | None = None
     unit: str | None = None
+    covariance: bool = False
     token: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -166,6 +170,7 @@ class JobSpec:
             "block_shape": list(self.block_shape),
             "unit": self.unit,
             "compression": self.compression,
+            "covariance": self.covariance,
         }
 
     @classmethod
@@ -198,6 +203,7 @@ class JobSpec:
             chunks=chunks,
             compression=record["compression"],
             unit=record["unit"],
+            covariance=bool(record.get("covariance", False)),
         )
 
     def differences(self, other: JobSpec) -> list[str]:

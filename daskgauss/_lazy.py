@@ -31,9 +31,10 @@ def _render_task(binning: Binning, index: tuple[int, int, int], dtype: str) -> n
 
 def gaussian_sum(
     centres: ArrayLike,
-    sigma: ArrayLike,
+    sigma: ArrayLike | None,
     grid: Grid,
     *,
+    covariance: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     normalize: str = "peak",
     tol: float = 1e-6,
@@ -48,6 +49,9 @@ def gaussian_sum(
         V(x) = \sum_i w_i N_i
                \exp\Big(-\tfrac12 \sum_d \big((x_d - c_{id}) / \sigma_{id}\big)^2\Big)
 
+    or, with full covariances :math:`C_i`,
+    :math:`V(x) = \sum_i w_i N_i \exp(-\tfrac12 (x - c_i)^T C_i^{-1} (x - c_i))`.
+
     Parameters
     ----------
     centres : array_like or dask array, shape (M, 3)
@@ -59,16 +63,26 @@ def gaussian_sum(
         no process holds all centres; the values are the same bits as for the
         same centres in memory. Errors in the values then surface at compute time,
         naming the row. ``sigma`` and ``weights`` may be dask arrays too.
-    sigma : float or array_like, shape (M,), (M, 3) or (1, 3)
+    sigma : float or array_like, shape (M,), (M, 3) or (1, 3), or None
         Standard deviation (coordinate units): one for all, one per centre, one per
-        centre and axis, or one anisotropic sigma for all.
+        centre and axis, or one anisotropic sigma for all. None when ``covariance``
+        is given.
     grid : Grid
         Where to sample; see :class:`Grid`.
+    covariance : array_like, shape (3, 3) or (M, 3, 3), optional
+        Full covariances (coordinate units squared), one for all centres or one per
+        centre, for Gaussians not aligned with the axes; pass ``sigma=None``. Each
+        must be symmetric (to 1e-10 of its largest entry; the mean of it and its
+        transpose is used) and positive definite. A diagonal covariance gives the
+        same bits as the sigmas it holds. Each Gaussian then contributes inside the
+        bounding box of its ``tol`` ellipsoid, ``|x_d - c_d| <= sqrt(C_dd)
+        sqrt(2 ln(1/tol))``, and only where it is at least ``tol`` times its peak.
     weights : None, float or array_like, shape (M,), optional
         Weight ``w_i`` of each Gaussian, may be negative. None means 1.
     normalize : {"peak", "density"}
         ``"peak"``: ``N_i = 1``, each Gaussian peaks at its weight. ``"density"``:
-        ``N_i = (2 pi)^(-3/2) / (sigma_x sigma_y sigma_z)``, each integrates to its weight.
+        ``N_i = (2 pi)^(-3/2) / (sigma_x sigma_y sigma_z)``, or
+        ``(2 pi)^(-3/2) det(C_i)^(-1/2)`` with covariances: each integrates to its weight.
     tol : float in (0, 1)
         Each Gaussian is cut where it falls below ``tol`` times its own peak: it
         contributes only inside the box ``|x_d - c_d| <= sigma_d sqrt(2 ln(1/tol))``
@@ -106,8 +120,10 @@ def gaussian_sum(
 
     where the second term is float rounding: ``K(x)`` Gaussians are summed at
     ``x`` and ``eps`` is the unit roundoff of ``dtype`` (6e-8 in float32, 1.1e-16
-    in float64). With ``periodic=True`` the same bound holds against the
-    minimum-image sum (each Gaussian at its nearest periodic image on each axis);
+    in float64). With covariances, ``6 ln(1/tol)`` becomes ``6 kappa ln(1/tol)``,
+    ``kappa`` the largest condition number of a covariance. With ``periodic=True``
+    the same bound holds against the minimum-image sum (each Gaussian at its nearest
+    periodic image on each axis);
     the full lattice sum differs from that by at most
     ``sum_i |a_i| ((1 + tol')^3 - 1)`` with ``tol' = tol (1 + 3 tol^3)``, about 3 tol.
 
@@ -134,8 +150,9 @@ def gaussian_sum(
     0.606531
     """
     request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
-                      periodic=periodic, chunks=chunks, dtype=dtype)  # fmt: skip
-    if is_chunked(centres, sigma, weights):
+                      periodic=periodic, chunks=chunks, dtype=dtype,
+                      covariance=covariance)  # fmt: skip
+    if is_chunked(centres, sigma, weights, covariance):
         chunked = plan_chunked(request, lazy=True)
         return lazy_volume(chunked.inputs, chunked.settings, chunked.dtype)
     job = plan(request, lazy=True)

@@ -34,7 +34,13 @@ from numpy.typing import ArrayLike, DTypeLike
 from . import _config
 from ._binning import Binning, bin_gaussians
 from ._chunked import ChunkedInputs, ChunkSettings, chunked_inputs
-from ._gaussians import NORMALIZATIONS, Gaussians, checked_tol, prepare_gaussians
+from ._gaussians import (
+    NORMALIZATIONS,
+    Gaussians,
+    check_sigma_or_covariance,
+    checked_tol,
+    prepare_gaussians,
+)
 from ._grid import Grid
 from ._job import Chunks, JobSpec
 
@@ -70,6 +76,7 @@ class Request:
     periodic: bool = False
     chunks: object = None
     dtype: DTypeLike = "float32"
+    covariance: ArrayLike | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -220,6 +227,7 @@ def plan(request: Request, *, lazy: bool = False) -> Plan:
     gaussians = prepare_gaussians(
         request.centres,
         request.sigma,
+        covariance=request.covariance,
         weights=request.weights,
         normalize=request.normalize,
         tol=request.tol,
@@ -246,6 +254,7 @@ def plan(request: Request, *, lazy: bool = False) -> Plan:
         periodic=periodic,
         dtype=dtype.name,
         chunks=chunks,
+        covariance=gaussians.covariance is not None,
     )
     return Plan(gaussians, binning, spec)
 
@@ -287,6 +296,7 @@ def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = Fals
     chunks = block_chunks(request.chunks, request.grid.shape, dtype)
     if lazy:
         check_lazy_blocks(chunks, request.grid.shape)
-    inputs = chunked_inputs(request.centres, request.sigma, request.weights)
+    check_sigma_or_covariance(request.sigma, request.covariance)
+    inputs = chunked_inputs(request.centres, request.sigma, request.weights, request.covariance)
     settings = ChunkSettings(request.grid, chunks, tol, request.normalize, periodic, source)
     return ChunkedPlan(inputs, settings, dtype)

@@ -259,6 +259,7 @@ def _chunked_spec(job: ChunkedPlan) -> tuple[JobSpec, np.ndarray]:
         periodic=settings.periodic,
         dtype=job.dtype.name,
         chunks=settings.chunks,
+        covariance=job.inputs.covariance is not None,
     )  # fmt: skip
     return spec, pairs
 
@@ -289,7 +290,7 @@ def prepare_render(
     if recorded is not None and request.chunks is None:
         request = replace(request, chunks=recorded.block_shape)
     job: Plan | ChunkedPlan
-    if is_chunked(request.centres, request.sigma, request.weights):
+    if is_chunked(request.centres, request.sigma, request.weights, request.covariance):
         job = plan_chunked(request, source=source)
         spec, pairs = _chunked_spec(job)
     else:
@@ -315,9 +316,10 @@ def prepare_render(
 def render_to_zarr(
     store: str,
     centres: ArrayLike,
-    sigma: ArrayLike,
+    sigma: ArrayLike | None,
     grid: Grid,
     *,
+    covariance: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     normalize: str = "peak",
     tol: float = 1e-6,
@@ -342,7 +344,7 @@ def render_to_zarr(
     store : str
         Local path or fsspec URL (``file://``, ``s3://``, ``gs://`` ...) of the
         store to create. Every worker must be able to reach it.
-    centres, sigma, grid, weights, normalize, tol, periodic, chunks, dtype
+    centres, sigma, grid, covariance, weights, normalize, tol, periodic, chunks, dtype
         As for :func:`gaussian_sum`. ``chunks`` must be regular: one chunk of the
         Zarr array per block.
     unit : str, optional
@@ -379,7 +381,8 @@ def render_to_zarr(
     Each run is logged in the store's run log (``runs/``, one object per run).
     """
     request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
-                      periodic=periodic, chunks=chunks, dtype=dtype)  # fmt: skip
+                      periodic=periodic, chunks=chunks, dtype=dtype,
+                      covariance=covariance)  # fmt: skip
     job = prepare_render(store, request, unit=unit, compression=compression, overwrite=overwrite)
     job.run(progress=progress)
     return job.data  # type: ignore[return-value]

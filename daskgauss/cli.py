@@ -1,4 +1,5 @@
-"""The ``daskgauss`` command line: render, inspect, preview and export stores."""
+"""The ``daskgauss`` command line: render (Gaussians or a KDE), inspect, preview and export
+stores."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from ._cluster import ClusterError, SchedulerLostError, connect
 from ._export import export_mrc, preview_png, store_summary
 from ._extras import MissingExtraError
 from ._grid import Grid
+from ._kde import kde_bandwidth, kde_grid
 from ._plan import Request
 from ._render import prepare_render
 from ._store import SPACE_UNITS, StoreVanishedError, open_target
@@ -148,40 +150,124 @@ def cli() -> None:
     """Render sums of 3D Gaussians into Zarr v3 (OME-NGFF) stores, on dask clusters."""
 
 
-@cli.command()
-@click.argument("centres")
-@click.argument("store")
-@click.option(
+def _options(*decorators: Callable[[Callable], Callable]) -> Callable[[Callable], Callable]:
+    """Several click options as one decorator (shared by the commands that render)."""
+
+    def apply(function: Callable) -> Callable:
+        for decorator in reversed(decorators):
+            function = decorator(function)
+        return function
+
+    return apply
+
+
+_shape_option = click.option(
     "--shape",
     required=True,
     callback=_per_axis(_positive_int),
     metavar="N [N N]",
     help="Samples per axis: one number for all axes or three (x y z).",
 )
-@click.option(
-    "--lower",
-    callback=_per_axis(_number),
-    metavar="X [Y Z]",
-    help="First sample's coordinates (with --upper: linspace bounds, both ends sampled).",
+_grid_options = _options(
+    click.option(
+        "--lower",
+        callback=_per_axis(_number),
+        metavar="X [Y Z]",
+        help="First sample's coordinates (with --upper: linspace bounds, both ends sampled).",
+    ),
+    click.option(
+        "--upper",
+        callback=_per_axis(_number),
+        metavar="X [Y Z]",
+        help="Last sample's coordinates (with --lower).",
+    ),
+    click.option(
+        "--origin",
+        callback=_per_axis(_number),
+        metavar="X [Y Z]",
+        help="First sample's coordinates (with --spacing).",
+    ),
+    click.option(
+        "--spacing",
+        callback=_per_axis(_number),
+        metavar="D [D D]",
+        help="Distance between samples (with --origin).",
+    ),
 )
-@click.option(
-    "--upper",
-    callback=_per_axis(_number),
-    metavar="X [Y Z]",
-    help="Last sample's coordinates (with --lower).",
+_tol_option = click.option(
+    "--tol",
+    default=1e-6,
+    show_default=True,
+    type=float,
+    help="Cut each Gaussian below this fraction of its peak.",
 )
-@click.option(
-    "--origin",
-    callback=_per_axis(_number),
-    metavar="X [Y Z]",
-    help="First sample's coordinates (with --spacing).",
+_output_options = _options(
+    click.option(
+        "--chunks",
+        callback=_per_axis(_positive_int),
+        metavar="C [C C]",
+        help="Block (and Zarr chunk) size. Default: near-cubic blocks of about 64 MiB, cut "
+        "into x slabs (at least 4 MiB) when that makes fewer than 8; a store being resumed "
+        "keeps its own.",
+    ),
+    click.option(
+        "--dtype",
+        type=click.Choice(["float32", "float64"]),
+        default="float32",
+        show_default=True,
+    ),
+    click.option(
+        "--unit",
+        type=click.Choice(SPACE_UNITS),
+        default=None,
+        help="Unit of the coordinates, recorded in the OME-NGFF metadata.",
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice(["lz4", "none", "zstd", "zstd-plain"]),
+        default=None,
+        help="Chunk codec (default lz4).",
+    ),
+    click.option("--overwrite", is_flag=True, help="Replace whatever is at STORE."),
 )
-@click.option(
-    "--spacing",
-    callback=_per_axis(_number),
-    metavar="D [D D]",
-    help="Distance between samples (with --origin).",
+_cluster_options = _options(
+    click.option(
+        "--workers",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Local cluster: worker processes (default: one per 4 cores).",
+    ),
+    click.option(
+        "--threads-per-worker",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Local cluster: threads per worker (default: 2 x cores / workers).",
+    ),
+    click.option(
+        "--scheduler",
+        default=None,
+        metavar="ADDRESS",
+        help="Use the running scheduler at ADDRESS (tcp://host:port) instead.",
+    ),
+    click.option(
+        "--scheduler-file",
+        default=None,
+        type=click.Path(dir_okay=False),
+        help="Use the scheduler described in this file (dask scheduler --scheduler-file).",
+    ),
+    click.option(
+        "--verbose",
+        is_flag=True,
+        help="Show the local cluster's warnings, and the full traceback of a storage failure.",
+    ),
 )
+
+
+@cli.command()
+@click.argument("centres")
+@click.argument("store")
+@_shape_option
+@_grid_options
 @click.option(
     "--sigma",
     callback=_per_axis(_number),
@@ -190,12 +276,15 @@ def cli() -> None:
     "or give sigma / sx sy sz columns in CENTRES.",
 )
 @click.option(
-    "--tol",
-    default=1e-6,
-    show_default=True,
+    "--covariance",
     type=float,
-    help="Cut each Gaussian below this fraction of its peak.",
+    nargs=6,
+    default=None,
+    metavar="XX XY XZ YY YZ ZZ",
+    help="One full covariance for every centre (coordinate units squared), instead of "
+    "--sigma; or give cxx cxy cxz cyy cyz czz columns in CENTRES.",
 )
+@_tol_option
 @click.option(
     "--normalize",
     type=click.Choice(["peak", "density"]),
@@ -204,59 +293,8 @@ def cli() -> None:
     help="peak: each peaks at its weight; density: integrates to it.",
 )
 @click.option("--periodic", is_flag=True, help="Wrap Gaussians around the grid's periodic box.")
-@click.option(
-    "--chunks",
-    callback=_per_axis(_positive_int),
-    metavar="C [C C]",
-    help="Block (and Zarr chunk) size. Default: near-cubic blocks of about 64 MiB, cut "
-    "into x slabs (at least 4 MiB) when that makes fewer than 8; a store being resumed "
-    "keeps its own.",
-)
-@click.option(
-    "--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True
-)
-@click.option(
-    "--unit",
-    type=click.Choice(SPACE_UNITS),
-    default=None,
-    help="Unit of the coordinates, recorded in the OME-NGFF metadata.",
-)
-@click.option(
-    "--compression",
-    type=click.Choice(["lz4", "none", "zstd", "zstd-plain"]),
-    default=None,
-    help="Chunk codec (default lz4).",
-)
-@click.option("--overwrite", is_flag=True, help="Replace whatever is at STORE.")
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local cluster: worker processes (default: one per 4 cores).",
-)
-@click.option(
-    "--threads-per-worker",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Local cluster: threads per worker (default: 2 x cores / workers).",
-)
-@click.option(
-    "--scheduler",
-    default=None,
-    metavar="ADDRESS",
-    help="Use the running scheduler at ADDRESS (tcp://host:port) instead.",
-)
-@click.option(
-    "--scheduler-file",
-    default=None,
-    type=click.Path(dir_okay=False),
-    help="Use the scheduler described in this file (dask scheduler --scheduler-file).",
-)
-@click.option(
-    "--verbose",
-    is_flag=True,
-    help="Show the local cluster's warnings, and the full traceback of a storage failure.",
-)
+@_output_options
+@_cluster_options
 def render(
     centres: str,
     store: str,
@@ -266,9 +304,143 @@ def render(
     origin: Any,
     spacing: Any,
     sigma: Any,
+    covariance: tuple[float, ...] | None,
     tol: float,
     normalize: str,
     periodic: bool,
+    **options: Any,
+) -> None:
+    """Render the Gaussians centred at CENTRES into the Zarr store STORE.
+
+    CENTRES is .npy (M x 3) or .csv/.txt/.xyz with a header naming x y z and
+    optional weight and sigma (or sx sy sz, or cxx cxy cxz cyy cyz czz) columns; or,
+    read lazily chunk by chunk on the cluster, a Zarr array (M x 3) or group
+    (centres, optional weights and sigma or covariance) or Parquet file(s) with
+    columns x y z [weight] [sigma | sx sy sz | cxx cxy cxz cyy cyz czz]. CENTRES
+    and STORE are paths or fsspec URLs. Running the same command again resumes an
+    interrupted render.
+    """
+
+    def request() -> tuple[Request, str]:
+        grid = _grid_from_options(shape, lower, upper, origin, spacing)
+        data = read_centres(centres)
+        given = [name for name, value in (("--sigma", sigma), ("--covariance", covariance),
+                                          ("sigma columns", data.sigma),
+                                          ("covariance columns", data.covariance))
+                 if value is not None]  # fmt: skip
+        if len(given) != 1:
+            raise ValueError(
+                f"give one of {' or '.join(given)} (in {centres}), not both" if given else
+                f"give --sigma or --covariance, or sigma (sx sy sz) or covariance (cxx cxy cxz "
+                f"cyy cyz czz) columns in {centres}"
+            )  # fmt: skip
+        shared_covariance = None
+        if covariance is not None:
+            entries = np.array(covariance)
+            shared_covariance = entries[[0, 1, 2, 1, 3, 4, 2, 4, 5]].reshape(3, 3)
+        return Request(
+            data.centres,
+            np.array([sigma]) if isinstance(sigma, tuple) else sigma if sigma is not None
+            else data.sigma,
+            grid,
+            weights=data.weights,
+            normalize=normalize,
+            tol=tol,
+            periodic=periodic,
+            chunks=options["chunks"],
+            dtype=options["dtype"],
+            covariance=shared_covariance if covariance is not None else data.covariance,
+        ), data.source  # fmt: skip
+
+    _render_job(store, request, **options)
+
+
+@cli.command()
+@click.argument("points")
+@click.argument("store")
+@_shape_option
+@_grid_options
+@click.option(
+    "--bw",
+    default="scott",
+    show_default=True,
+    metavar="scott|silverman|FACTOR",
+    help="Bandwidth rule, as scipy.stats.gaussian_kde's bw_method: the kernel covariance is "
+    "the data's (weighted) covariance times the factor squared.",
+)
+@click.option(
+    "--padding",
+    type=click.FloatRange(min=0),
+    default=3.0,
+    show_default=True,
+    help="Without grid bounds: the grid spans the points and this many kernel standard "
+    "deviations more on every side.",
+)
+@_tol_option
+@_output_options
+@_cluster_options
+def kde(
+    points: str,
+    store: str,
+    shape: Any,
+    lower: Any,
+    upper: Any,
+    origin: Any,
+    spacing: Any,
+    bw: str,
+    padding: float,
+    tol: float,
+    **options: Any,
+) -> None:
+    """The kernel density estimate of POINTS on a grid, into the Zarr store STORE.
+
+    The density scipy.stats.gaussian_kde(POINTS.T, BW, weights) gives at each grid
+    point. POINTS is a centres file (see `daskgauss render --help`) held in memory;
+    its weight column, if any, weights the points. Without --lower/--upper or
+    --origin/--spacing the grid spans the points plus --padding bandwidths.
+    """
+
+    def request() -> tuple[Request, str]:
+        data = read_centres(points)
+        if is_chunked(data.centres, data.weights):
+            raise ValueError(
+                f"daskgauss kde needs the points in memory; {data.source} is read lazily "
+                "(Zarr or Parquet): export it to .npy, or call daskgauss.kde in Python"
+            )
+        if data.sigma is not None or data.covariance is not None:
+            raise ValueError(
+                f"{points} has sigma or covariance columns: a KDE's kernel comes from --bw; "
+                "drop those columns or use `daskgauss render`"
+            )
+        method: Any = bw if bw in ("scott", "silverman") else _bandwidth_factor(bw)
+        bandwidth = kde_bandwidth(data.centres, bw_method=method, weights=data.weights)
+        if any(value is not None for value in (lower, upper, origin, spacing)):
+            grid = _grid_from_options(shape, lower, upper, origin, spacing)
+        else:
+            grid = kde_grid(data.centres, shape, bw_method=method, weights=data.weights,
+                            padding=padding)  # fmt: skip
+        click.echo(f"bandwidth factor {bandwidth.factor:.6g}, {data.centres.shape[0]} points, "
+                   f"effective {bandwidth.neff:.6g}")  # fmt: skip
+        return Request(data.centres, None, grid, covariance=bandwidth.covariance,
+                       weights=bandwidth.weights, normalize="density", tol=tol,
+                       chunks=options["chunks"], dtype=options["dtype"]), data.source  # fmt: skip
+
+    _render_job(store, request, **options)
+
+
+def _bandwidth_factor(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(
+            f"--bw must be scott, silverman or a positive number, got {text!r}"
+        ) from None
+
+
+def _render_job(
+    store: str,
+    request: Callable[[], tuple[Request, str]],
+    *,
     chunks: Any,
     dtype: str,
     unit: str | None,
@@ -280,14 +452,10 @@ def render(
     scheduler_file: str | None,
     verbose: bool,
 ) -> None:
-    """Render the Gaussians centred at CENTRES into the Zarr store STORE.
+    """Build the request, render it on a cluster, and report the outcome in one line.
 
-    CENTRES is .npy (M x 3) or .csv/.txt/.xyz with a header naming x y z and
-    optional weight and sigma (or sx sy sz) columns; or, read lazily chunk by chunk
-    on the cluster, a Zarr array (M x 3) or group (centres, optional weights and
-    sigma) or Parquet file(s) with columns x y z [weight] [sigma | sx sy sz].
-    CENTRES and STORE are paths or fsspec URLs. Running the same command again
-    resumes an interrupted render.
+    ``request`` is called inside the error handling, so that bad input is reported
+    as any other user error.
     """
     started = time.perf_counter()
     if not verbose:
@@ -295,33 +463,15 @@ def render(
     try:
         if scheduler and scheduler_file:
             raise ValueError("give --scheduler or --scheduler-file, not both")
-        grid = _grid_from_options(shape, lower, upper, origin, spacing)
-        data = read_centres(centres)
-        if (sigma is None) == (data.sigma is None):
-            raise ValueError(
-                "give the standard deviation with --sigma or as sigma (or sx sy sz) columns "
-                f"in {centres}, not both" if sigma is not None else
-                f"give --sigma, or sigma (or sx sy sz) columns in {centres}"
-            )  # fmt: skip
-        if isinstance(sigma, tuple):
-            sigma = np.array([sigma])
-        request = Request(
-            data.centres,
-            sigma if sigma is not None else data.sigma,
-            grid,
-            weights=data.weights,
-            normalize=normalize,
-            tol=tol,
-            periodic=periodic,
-            chunks=chunks,
-            dtype=dtype,
-        )
+        job_request, source = request()
+        grid = job_request.grid
         options = {"unit": unit, "compression": compression, "overwrite": overwrite,
-                   "source": data.source}  # fmt: skip
+                   "source": source}  # fmt: skip
         # Centres in memory are validated before a cluster starts; chunked ones (Zarr,
         # Parquet) are validated where their chunks are read, on the cluster.
-        chunked = is_chunked(data.centres, data.sigma, data.weights)
-        job = None if chunked else prepare_render(store, request, **options)
+        chunked = is_chunked(job_request.centres, job_request.sigma, job_request.weights,
+                             job_request.covariance)  # fmt: skip
+        job = None if chunked else prepare_render(store, job_request, **options)
         with connect(
             scheduler=scheduler,
             scheduler_file=scheduler_file,
@@ -332,8 +482,8 @@ def render(
             where = scheduler or scheduler_file or "a local cluster"
             click.echo(f"rendering {grid.shape} on {where} (dashboard: {client.dashboard_link})")
             if job is None:
-                click.echo(f"reading and checking {data.source} on the cluster")
-                job = prepare_render(store, request, **options)
+                click.echo(f"reading and checking {source} on the cluster")
+                job = prepare_render(store, job_request, **options)
             report = job.run(progress=True)
     except StoreVanishedError as error:
         _fail(RuntimeError(f"{error}; run the same command to start it again"))
@@ -421,7 +571,9 @@ def info(store: str, as_json: bool) -> None:
         f"shape       {tuple(summary['shape'])} {summary['dtype']}, "
         f"blocks of {tuple(summary['block_shape'])}",
         f"grid        origin {tuple(grid['origin'])}, spacing {tuple(grid['spacing'])} ({unit})",
-        f"gaussians   {job['centres']} centres, sigma {sigma['min']}..{sigma['max']}, "
+        f"gaussians   {job['centres']} centres, "
+        f"{'full covariances, sqrt(diagonal) ' if job.get('covariance') else 'sigma '}"
+        f"{sigma['min']}..{sigma['max']}, "
         f"tol {job['tol']}, {job['normalize']}{', periodic' if job['periodic'] else ''}",
         f"progress    {summary['blocks_done']} of {summary['blocks']} blocks done",
         f"runs        {len(summary['runs'])}",

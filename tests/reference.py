@@ -47,6 +47,37 @@ def unit_gaussians(axes, centres, sigma, period=None):
     return values
 
 
+def covariance_amplitudes(covariance: np.ndarray, weights: np.ndarray, normalize: str
+                          ) -> np.ndarray:  # fmt: skip
+    """Peak value of each full-covariance Gaussian (covariance shape (M, 3, 3))."""
+    if normalize == "peak":
+        return weights.astype(np.float64)
+    return weights / ((2 * math.pi) ** 1.5 * np.sqrt(np.linalg.det(covariance)))
+
+
+def unit_covariance_gaussians(axes, centres, covariance, period=None):
+    """Every unweighted full-covariance Gaussian on the grid, shape (M, nx, ny, nz).
+
+    ``exp(-d^T C^-1 d / 2)`` from the inverse by numpy's LU; with ``period`` each
+    Gaussian sits at its nearest periodic image per axis.
+    """
+    shape = tuple(len(a) for a in axes)
+    values = np.empty((len(centres), *shape))
+    for i, (centre, matrix) in enumerate(zip(centres, covariance, strict=True)):
+        dx, dy, dz = _displacements(axes, centre, period)
+        d = np.stack(np.broadcast_arrays(dx[:, None, None], dy[None, :, None],
+                                         dz[None, None, :]), axis=-1)  # fmt: skip
+        exponent = np.einsum("...i,ij,...j->...", d, np.linalg.inv(matrix), d)
+        values[i] = np.exp(-0.5 * exponent)
+    return values
+
+
+def covariance_covering_count(axes, centres, covariance, tol, period=None):
+    """K(x) for full covariances: how many tol-ellipsoid bounding boxes contain each point."""
+    sigma = np.sqrt(np.diagonal(covariance, axis1=1, axis2=2))
+    return covering_count(axes, centres, sigma, tol, period)
+
+
 def lattice_sum(axes, centres, sigma, amplitude, period, images=2):
     """The full periodic sum over lattice images within ``images`` periods, float64."""
     shape = tuple(len(a) for a in axes)
@@ -77,17 +108,18 @@ def covering_count(axes, centres, sigma, tol, period=None):
     return count
 
 
-def error_bound(unit, amplitude, tol, covering, dtype):
+def error_bound(unit, amplitude, tol, covering, dtype, condition=1.0):
     """The documented bound on |computed - exact| at every grid point.
 
     ``sum_i |a_i| min(tol, g_i)`` for the truncation, plus float rounding of
-    ``(K + 8 + 6 ln(1/tol)) eps sum_i |a_i| g_i``; the reference's own float64
-    rounding is of the same form and is added once more.
+    ``(K + 8 + 6 kappa ln(1/tol)) eps sum_i |a_i| g_i``, with ``kappa`` (``condition``)
+    the largest condition number of a covariance (1 for axis-aligned Gaussians); the
+    reference's own float64 rounding is of the same form and is added once more.
     """
     magnitude = np.abs(amplitude)[:, None, None, None]
     truncation = np.sum(magnitude * np.minimum(tol, unit), axis=0)
     scale = np.sum(magnitude * unit, axis=0)
-    log_inverse_tol = math.log(1 / tol)
-    rounding = (covering + 8 + 6 * log_inverse_tol) * np.finfo(dtype).eps / 2 * scale
-    reference_rounding = (8 + 6 * log_inverse_tol) * np.finfo(np.float64).eps / 2 * scale
+    exponent = 6 * condition * math.log(1 / tol)
+    rounding = (covering + 8 + exponent) * np.finfo(dtype).eps / 2 * scale
+    reference_rounding = (8 + exponent) * np.finfo(np.float64).eps / 2 * scale
     return truncation + rounding + reference_rounding + np.finfo(dtype).tiny

@@ -279,13 +279,38 @@ def test_header_missing_x_and_y(tmp_path):
 
 def test_sigma_and_sx_together(tmp_path):
     path = _write(tmp_path, "c.txt", "x y z sigma sx sy sz\n1 2 3 1 1 1 1\n")
-    with pytest.raises(CentresFileError, match=_error(path, 1, "sigma column or sx sy sz")):
+    with pytest.raises(CentresFileError, match=_error(path, 1, "one of sigma or sx sy sz")):
+        read_centres(path)
+
+
+def test_covariance_columns_read_as_matrices(tmp_path):
+    path = _write(tmp_path, "c.csv", "x,y,z,weight,cxx,cxy,cxz,cyy,cyz,czz\n"
+                  "1,2,3,2,4,1,0.5,5,0.25,6\n0,0,0,1,1,0,0,1,0,1\n")  # fmt: skip
+    read = read_centres(path)
+    assert read.sigma is None
+    np.testing.assert_array_equal(read.covariance[0], [[4, 1, 0.5], [1, 5, 0.25], [0.5, 0.25, 6]])
+    np.testing.assert_array_equal(read.covariance[1], np.eye(3))
+    np.testing.assert_array_equal(read.weights, [2, 1])
+
+
+@pytest.mark.parametrize(
+    ("header", "words"),
+    [
+        ("x y z cxx cxy cxz cyy cyz", ["cxx cxy cxz cyy cyz czz go together", "found only"]),
+        ("x y z sigma cxx cxy cxz cyy cyz czz", ["one of sigma or cxx ... czz", "not both"]),
+        ("x y z sx sy sz cxx cxy cxz cyy cyz czz", ["sx sy sz or cxx ... czz"]),
+    ],
+)
+def test_covariance_columns_partial_or_with_sigma(tmp_path, header, words):
+    values = " ".join(["1"] * len(header.split()))
+    path = _write(tmp_path, "c.txt", f"{header}\n{values}\n")
+    with pytest.raises(CentresFileError, match=_error(path, 1, *words)):
         read_centres(path)
 
 
 def test_only_sx_and_sy(tmp_path):
     path = _write(tmp_path, "c.txt", "\nx y z sx sy\n1 2 3 1 1\n")
-    with pytest.raises(CentresFileError, match=_error(path, 2, "all of sx, sy and sz")):
+    with pytest.raises(CentresFileError, match=_error(path, 2, "sx sy sz go together", "sx sy")):
         read_centres(path)
 
 

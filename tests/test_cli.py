@@ -148,6 +148,75 @@ def test_join_per_axis_values_leaves_its_input_alone():
     assert arguments == ["--shape", "1", "2", "3"]
 
 
+# ----------------------------------------------------------------------------- covariances, kde
+
+COVARIANCE = (2.0, -0.6, 0.3, 1.5, 0.4, 1.0)  # xx xy xz yy yz zz
+
+
+def _matrix(entries):
+    xx, xy, xz, yy, yz, zz = entries
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def test_render_with_one_covariance_is_the_api_bits(inputs, tmp_path):
+    store = tmp_path / "covariance.zarr"
+    result, _ = _invoke("render", inputs["npy"], store, *GRID_OPTIONS, "--covariance",
+                        *COVARIANCE, "--chunks", "16", *SMALL_CLUSTER)  # fmt: skip
+    _succeeded(result)
+    centres = np.load(inputs["npy"])
+    expected = dg.gaussian_sum(centres, None, _basic_grid(), covariance=_matrix(COVARIANCE))
+    np.testing.assert_array_equal(_volume(store), expected.compute())
+    info, _ = _invoke("info", store)
+    assert "full covariances" in info.output
+
+
+def test_render_with_covariance_columns(tmp_path):
+    rng = np.random.default_rng(3)
+    centres = rng.uniform(-6, 6, size=(30, 3))
+    entries = np.tile(COVARIANCE, (30, 1)) * rng.uniform(0.5, 1.5, size=(30, 1))
+    path = tmp_path / "with_covariance.csv"
+    header = "x,y,z,weight,cxx,cxy,cxz,cyy,cyz,czz"
+    weights = rng.uniform(-1, 1, size=30)
+    np.savetxt(path, np.column_stack([centres, weights, entries]), delimiter=",", header=header,
+               comments="")  # fmt: skip
+    store = tmp_path / "columns.zarr"
+    result, _ = _invoke("render", path, store, *GRID_OPTIONS, "--normalize", "density",
+                        *SMALL_CLUSTER)  # fmt: skip
+    _succeeded(result)
+    read = np.loadtxt(path, delimiter=",", skiprows=1)
+    expected = dg.gaussian_sum(read[:, :3], None, _basic_grid(), weights=read[:, 3],
+                               covariance=np.stack([_matrix(row) for row in read[:, 4:]]),
+                               normalize="density")  # fmt: skip
+    np.testing.assert_array_equal(_volume(store), expected.compute())
+
+
+def test_kde_command_is_scipy_gaussian_kde_on_the_grid(tmp_path):
+    scipy_stats = pytest.importorskip("scipy.stats")
+    rng = np.random.default_rng(5)
+    points = rng.normal(size=(300, 3)) @ np.array([[1, 0, 0], [0.5, 0.8, 0], [0.2, -0.3, 0.6]])
+    weights = rng.uniform(0.2, 1.0, size=300)
+    path = tmp_path / "points.csv"
+    np.savetxt(path, np.column_stack([points, weights]), delimiter=",", header="x,y,z,weight",
+               comments="")  # fmt: skip
+    store = tmp_path / "kde.zarr"
+    result, _ = _invoke("kde", path, store, "--shape", "20", "18", "16", "--bw", "silverman",
+                        "--dtype", "float64", *SMALL_CLUSTER)  # fmt: skip
+    _succeeded(result)
+    assert "bandwidth factor" in result.output
+    read = np.loadtxt(path, delimiter=",", skiprows=1)
+    grid = dg.kde_grid(read[:, :3], (20, 18, 16), bw_method="silverman", weights=read[:, 3])
+    assert dg.open_grid(str(store)) == grid
+    values = _volume(store)
+    expected = dg.kde(read[:, :3], grid, bw_method="silverman", weights=read[:, 3],
+                      dtype="float64")  # fmt: skip
+    np.testing.assert_array_equal(values, expected.compute())
+    estimate = scipy_stats.gaussian_kde(read[:, :3].T, "silverman", read[:, 3])
+    mesh = np.stack(np.meshgrid(*grid.axes, indexing="ij")).reshape(3, -1)
+    scipy_values = estimate(mesh).reshape(grid.shape)
+    peak = (2 * np.pi) ** -1.5 / np.sqrt(np.linalg.det(estimate.covariance))
+    assert np.abs(values - scipy_values).max() <= 1e-6 * peak + 1e-12 * scipy_values.max()
+
+
 def test_version_and_help():
     result, _ = _invoke("--version")
     _succeeded(result)
@@ -476,11 +545,23 @@ USER_ERRORS = {
     ),
     "no-sigma": (
         [*RENDER, *GOOD_GRID],
-        ["give --sigma", "sigma (or sx sy sz) columns", "centres.npy"],
+        ["give --sigma or --covariance", "sigma (sx sy sz) or covariance", "centres.npy"],
     ),
     "sigma-twice": (
         ["render", "{sigma_csv}", "{out}", *GOOD_GRID, *SIGMA],
-        ["with --sigma or as sigma", "not both", "with_sigma.csv"],
+        ["give one of --sigma or sigma columns", "not both", "with_sigma.csv"],
+    ),
+    "sigma-and-covariance": (
+        [*RENDER, *GOOD_GRID, *SIGMA, "--covariance", "1", "0", "0", "1", "0", "1"],
+        ["give one of --sigma or --covariance", "not both"],
+    ),
+    "covariance-not-positive-definite": (
+        [*RENDER, *GOOD_GRID, "--covariance", "1", "2", "0", "1", "0", "1"],
+        ["covariance must be positive definite", "eigenvalues -1"],
+    ),
+    "kde-bad-bandwidth": (
+        ["kde", "{npy}", "{out}", "--shape", "12", "--bw", "wide"],
+        ["--bw must be scott, silverman or a positive number", "'wide'"],
     ),
     "negative-sigma": ([*RENDER, *GOOD_GRID, "--sigma", "-1"], ["sigma must be positive"]),
     "two-sigmas": ([*RENDER, *GOOD_GRID, "--sigma", "1", "2"], ["--sigma", "one value or three"]),
