@@ -44,6 +44,7 @@ __all__ = [
     "bin_gaussians",
     "block_edges",
     "index_boxes",
+    "pair_arguments",
     "spatial_order",
 ]
 
@@ -145,9 +146,14 @@ def index_boxes(
 
 
 @numba.njit(nogil=True, cache=True)
-def _pairs(positions, sigma, amplitude, half_width, origin, spacing, shape, period, periodic,
-           block_of_sample, numblocks, bin_shape, fill, cursor, rows, images, keys):  # fmt: skip
+def _pairs(positions, sigma, amplitude, half_width, margin, origin, spacing, shape, period,
+           periodic, block_of_sample, numblocks, bin_shape, fill, cursor, rows, images,
+           keys):  # fmt: skip
     """Count (``fill`` false) or write (``fill`` true) every (Gaussian, block) pair.
+
+    Each support reaches ``margin[d]`` further than ``sigma half_width`` on axis ``d``
+    (zero at level 0; on a pyramid level, the half-width of the level-0 samples one
+    level sample averages).
 
     Counting adds pair counts at ``cursor[b + 1]``; filling writes, at ``cursor[b]``
     (then advanced), the Gaussian's index, its image code and its spatial key (the
@@ -174,7 +180,7 @@ def _pairs(positions, sigma, amplitude, half_width, origin, spacing, shape, peri
             continue
         row = 0 if shared_sigma else c
         for d in range(3):
-            radius = sigma[row, d] * half_width
+            radius = sigma[row, d] * half_width + margin[d]
             last = shape[d] - 1.0
             low[d, 0], high[d, 0] = _index_range(positions[c, d], radius, origin[d],
                                                  spacing[d], last)  # fmt: skip
@@ -391,6 +397,9 @@ class Binning:
         asked for: what merging binnings of several chunks of centres sorts by.
     covariance : ndarray, shape (pairs, 6) or (1, 6), float64, or None
         Full covariances, as in :class:`BlockSources`; None for axis-aligned Gaussians.
+    level : int
+        The pyramid level the blocks are of (``chunks`` divide ``grid.level(level)``);
+        ``grid`` is level 0's, and the sources' index boxes are level-0 boxes.
     """
 
     grid: Grid
@@ -402,6 +411,7 @@ class Binning:
     amplitude: np.ndarray
     keys: np.ndarray | None = None
     covariance: np.ndarray | None = None
+    level: int = 0
 
     @property
     def numblocks(self) -> tuple[int, int, int]:
@@ -519,6 +529,7 @@ def bin_gaussians(
     *,
     periodic: bool = False,
     keep_keys: bool = False,
+    level: int = 0,
 ) -> Binning:
     """Group the Gaussians by the output blocks their support boxes reach.
 
@@ -532,6 +543,10 @@ def bin_gaussians(
         Treat the grid as one tile of a periodic box (see ``gaussian_sum``).
     keep_keys : bool
         Keep each pair's spatial key (``Binning.keys``).
+    level : int
+        Bin the blocks of pyramid level ``level`` (``chunks`` divide
+        ``grid.level(level)``): a Gaussian reaches a level block where its level-0
+        support box reaches a level-0 sample the block averages.
 
     Returns
     -------
@@ -539,18 +554,9 @@ def bin_gaussians(
         Gaussians of weight zero, and those whose support reaches no sample, are in
         no block.
     """
-    positions = gaussians.positions
+    positions, arguments = pair_arguments(gaussians, grid, chunks, periodic, level)
+    numblocks = [len(c) for c in chunks]
     period = np.array(grid.period)
-    if periodic:
-        _check_fits_period(gaussians.radius, grid)
-        origin = np.array(grid.origin)
-        positions = origin + np.mod(positions - origin, period)
-    numblocks = np.array([len(c) for c in chunks], np.int64)
-    arguments = (positions, gaussians.sigma, gaussians.amplitude,
-                 support_half_width(gaussians.tol), np.array(grid.origin),
-                 np.array(grid.spacing), np.array(grid.shape, np.float64), period,
-                 bool(periodic), _block_of_sample(chunks), numblocks,
-                 np.array(BIN_SHAPE, np.int64))  # fmt: skip
     row_type = np.int32 if len(positions) < 2**31 else np.int64
     block_offsets = np.zeros(int(np.prod(numblocks)) + 1, np.int64)
     nothing = np.empty(0, row_type), np.empty(0, np.int8), np.empty(0, np.int64)
@@ -561,7 +567,7 @@ def bin_gaussians(
     images = np.empty(pairs if periodic else 0, np.int8)
     # Keys are global bins packed in C order: int32 while they fit (any grid of up to
     # about 2 x 10^9 bins of BIN_SHAPE samples).
-    bins = np.prod([-(-n // b) for n, b in zip(grid.shape, BIN_SHAPE, strict=True)])
+    bins = np.prod([-(-n // b) for n, b in zip(grid.level(level).shape, BIN_SHAPE, strict=True)])
     keys = np.empty(pairs, np.int32 if bins < 2**31 else np.int64)
     _pairs(*arguments, True, block_offsets[:-1].copy(), rows, images, keys)
     # Covariances travel as extra columns after the sigmas (both per centre or both shared).
@@ -585,4 +591,29 @@ def bin_gaussians(
         amplitude=amplitude,
         keys=keys if keep_keys else None,
         covariance=covariance,
+        level=level,
     )
+
+
+def pair_arguments(gaussians: Gaussians, grid: Grid, chunks: Chunks, periodic: bool,
+                   level: int = 0) -> tuple[np.ndarray, tuple]:  # fmt: skip
+    """The positions (wrapped into the periodic box where ``periodic``) and the leading
+    arguments of :func:`_pairs` for the blocks ``chunks`` of pyramid level ``level``."""
+    positions = gaussians.positions
+    period = np.array(grid.period)
+    if periodic:
+        _check_fits_period(gaussians.radius, grid)
+        origin = np.array(grid.origin)
+        positions = origin + np.mod(positions - origin, period)
+    binned = grid.level(level)
+    # A level sample averages level-0 samples up to (2^level - 1) / 2 spacings from it;
+    # half a spacing more keeps the pairs a superset under rounding (the kernel's own
+    # level-0 boxes decide exactly which samples are reached).
+    margin = np.array(grid.spacing) * (2**level / 2 if level else 0.0)
+    numblocks = np.array([len(c) for c in chunks], np.int64)
+    arguments = (positions, gaussians.sigma, gaussians.amplitude,
+                 support_half_width(gaussians.tol), margin, np.array(binned.origin),
+                 np.array(binned.spacing), np.array(binned.shape, np.float64), period,
+                 bool(periodic), _block_of_sample(chunks), numblocks,
+                 np.array(BIN_SHAPE, np.int64))  # fmt: skip
+    return positions, arguments

@@ -26,7 +26,7 @@ from ._binning import BlockSources
 from ._covariance_kernel import add_covariance_gaussians_to_block
 from ._gaussians import diagonal_rows
 from ._grid import Grid
-from ._kernel import add_gaussians_to_block
+from ._kernel import add_gaussians_to_block, add_level_gaussians_to_block
 from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
 
 __all__ = ["KERNELS", "choose_kernel", "render_block"]
@@ -54,23 +54,29 @@ def render_block(
     block_shape: tuple[int, int, int],
     dtype: DTypeLike,
     out: np.ndarray | None = None,
+    level: int = 0,
 ) -> np.ndarray:
-    """The sum of ``sources`` over one block of ``grid``.
+    """The sum of ``sources`` over one block of ``grid``, or of its pyramid level ``level``.
 
     Parameters
     ----------
     sources : BlockSources
-        The Gaussians whose support reaches the block, in summation order.
+        The Gaussians whose support reaches the block, in summation order; their index
+        boxes are on ``grid`` (level 0).
     grid : Grid
+        Level 0's grid.
     tol : float
         The cut, as a fraction of each Gaussian's peak.
     block_start : ndarray, shape (3,), int64
-        Global sample index of the block's first voxel.
+        Global sample index of the block's first voxel (on ``grid.level(level)``).
     block_shape : tuple of 3 ints
     dtype : float32 or float64
     out : ndarray, optional
         A C-contiguous buffer of ``block_shape`` and ``dtype`` to render into
         (overwritten), so that a caller can reuse memory between blocks.
+    level : int
+        Pyramid level: each voxel the mean of the ``2**level``-cubed level-0 samples
+        it covers (the strip kernel with averaged 1D factors). Axis-aligned only.
 
     Returns
     -------
@@ -83,6 +89,16 @@ def render_block(
         return out
     if out is None:
         out = np.empty(block_shape, dtype=dtype)
+    if level:
+        if sources.covariance is not None and not diagonal_rows(sources.covariance).all():
+            raise ValueError("pyramid levels need Gaussians aligned with the axes")
+        add_level_gaussians_to_block(
+            out, np.asarray(block_start, dtype=np.int64), np.array(grid.origin),
+            np.array(grid.spacing), sources.positions, sources.sigma, sources.amplitude,
+            sources.index_low, sources.index_high, np.array(grid.shape, dtype=np.int64),
+            2**level, math.log(1.0 / tol), strip_rows(block_shape[2], out.dtype.itemsize), True,
+        )  # fmt: skip
+        return out
     # A block whose covariances are all diagonal takes the axis-aligned kernels: the
     # same bits as the sigmas they hold (the choice depends on the block's sources
     # only, so it is the same however the centres arrive).

@@ -27,17 +27,15 @@ import numpy as np
 from dask.base import is_dask_collection, tokenize
 
 from ._binning import (
-    BIN_SHAPE,
     BlockSources,
-    _block_of_sample,
-    _check_fits_period,
     _pairs,
     _stable_ranks,
     bin_gaussians,
     index_boxes,
+    pair_arguments,
 )
 from ._block import render_block
-from ._gaussians import Gaussians, prepare_gaussians, support_half_width
+from ._gaussians import Gaussians, prepare_gaussians
 from ._grid import Grid
 from ._job import Chunks
 
@@ -67,6 +65,8 @@ class ChunkSettings:
     normalize: str
     periodic: bool
     source: str
+    # The pyramid level whose blocks ``chunks`` are (``grid`` is level 0's).
+    level: int = 0
 
     @property
     def blocks(self) -> int:
@@ -201,26 +201,25 @@ class ChunkSummary:
     amplitude_min: float
     amplitude_max: float
     pairs: np.ndarray
+    # Pairs per block of each further pyramid level asked for, in the order asked.
+    level_pairs: tuple[np.ndarray, ...] = ()
 
 
-def _summarise(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings
-               ) -> ChunkSummary:  # fmt: skip
-    """Validate one chunk, hash it and count its (Gaussian, block) pairs per block."""
-    gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
-    grid = settings.grid
-    positions = gaussians.positions
-    period = np.array(grid.period)
-    if settings.periodic:
-        _check_fits_period(gaussians.radius, grid)
-        origin = np.array(grid.origin)
-        positions = origin + np.mod(positions - origin, period)
+def _count_pairs(gaussians: Gaussians, settings: ChunkSettings) -> np.ndarray:
+    """(Gaussian, block) pairs per block of ``settings``' level, shape (blocks,)."""
     counts = np.zeros(settings.blocks + 1, np.int64)
     nothing = np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int64)
-    _pairs(positions, gaussians.sigma, gaussians.amplitude, support_half_width(gaussians.tol),
-           np.array(grid.origin), np.array(grid.spacing), np.array(grid.shape, np.float64),
-           period, settings.periodic, _block_of_sample(settings.chunks),
-           np.array([len(c) for c in settings.chunks], np.int64), np.array(BIN_SHAPE, np.int64),
-           False, counts, *nothing)  # fmt: skip
+    _, arguments = pair_arguments(gaussians, settings.grid, settings.chunks, settings.periodic,
+                                  settings.level)  # fmt: skip
+    _pairs(*arguments, False, counts, *nothing)
+    return counts[1:]
+
+
+def _summarise(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings,
+               levels: tuple[ChunkSettings, ...] = ()) -> ChunkSummary:  # fmt: skip
+    """Validate one chunk, hash it and count its (Gaussian, block) pairs per block, of
+    ``settings``' blocks and of each pyramid level's in ``levels``."""
+    gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
     sigma_values = np.broadcast_to(gaussians.sigma, (gaussians.count, 3)) if gaussians.count else (
         np.zeros((0, 3)))  # fmt: skip
     amplitude = gaussians.amplitude
@@ -233,25 +232,28 @@ def _summarise(centres, sigma, covariance, weights, first_row: int, settings: Ch
         sigma_sum=float(sigma_values.sum()),
         amplitude_min=math.inf if empty else float(amplitude.min()),
         amplitude_max=-math.inf if empty else float(amplitude.max()),
-        pairs=counts[1:],
+        pairs=_count_pairs(gaussians, settings),
+        level_pairs=tuple(_count_pairs(gaussians, level) for level in levels),
     )
 
 
-def _chunk_tasks(inputs: ChunkedInputs, settings: ChunkSettings, function: Callable, name: str
-                 ) -> list[Any]:  # fmt: skip
-    """``function(centres, sigma, covariance, weights, first_row, settings)`` as a task
-    per chunk."""
-    token = tokenize(inputs.token(), settings, name)
+def _chunk_tasks(inputs: ChunkedInputs, settings: ChunkSettings, function: Callable, name: str,
+                 *extra: Any) -> list[Any]:  # fmt: skip
+    """``function(centres, sigma, covariance, weights, first_row, settings, *extra)`` as a
+    task per chunk."""
+    token = tokenize(inputs.token(), settings, name, *extra)
     return [
-        dask.delayed(function, pure=True)(*arguments, settings,
+        dask.delayed(function, pure=True)(*arguments, settings, *extra,
                                           dask_key_name=f"{name}-{token}-{number}")
         for number, arguments in enumerate(inputs.chunk_arguments())
     ]  # fmt: skip
 
 
-def summaries(inputs: ChunkedInputs, settings: ChunkSettings) -> list[Any]:
-    """Pass 1, as delayed tasks: one :class:`ChunkSummary` per chunk."""
-    return _chunk_tasks(inputs, settings, _summarise, "daskgauss-summary")
+def summaries(inputs: ChunkedInputs, settings: ChunkSettings,
+              levels: tuple[ChunkSettings, ...] = ()) -> list[Any]:  # fmt: skip
+    """Pass 1, as delayed tasks: one :class:`ChunkSummary` per chunk (with the pairs of
+    each pyramid level's settings in ``levels``)."""
+    return _chunk_tasks(inputs, settings, _summarise, "daskgauss-summary", levels)
 
 
 def fingerprint(parts: list[ChunkSummary]) -> str:
@@ -269,7 +271,7 @@ Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 def _bin_chunk(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings):
     gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
     return bin_gaussians(gaussians, settings.grid, settings.chunks, periodic=settings.periodic,
-                         keep_keys=True)  # fmt: skip
+                         keep_keys=True, level=settings.level)  # fmt: skip
 
 
 def _piece(binning, flat: int) -> Piece:
@@ -316,7 +318,8 @@ def _render(settings: ChunkSettings, dtype: str, index: tuple, *pieces: Piece) -
     grid = settings.grid
     start = np.array([sum(settings.chunks[d][: index[d]]) for d in range(3)], np.int64)
     shape = tuple(settings.chunks[d][index[d]] for d in range(3))
-    return render_block(merge(pieces, settings), grid, settings.tol, start, shape, dtype)
+    return render_block(merge(pieces, settings), grid, settings.tol, start, shape, dtype,
+                        level=settings.level)  # fmt: skip
 
 
 def block_tasks(

@@ -48,20 +48,32 @@ def angstroms_per_unit(unit: str | None) -> float:
 def store_summary(location: str) -> dict[str, Any]:
     """What is in a store: geometry, the job, how many blocks are done, its runs."""
     target = open_target(location)
-    done = target.done_mask()
     filesystem, path = fsspec.core.url_to_fs(str(location))
     try:
         size = filesystem.du(path, total=True)
     except (OSError, NotImplementedError):
         size = None
     job = target.record
+    levels = []
+    for level in range(target.levels + 1):
+        level_target = open_target(location, level)
+        level_done = level_target.done_mask()
+        levels.append({
+            "level": level,
+            "shape": list(level_target.data.shape),
+            "spacing": list(level_target.grid.spacing),
+            "origin": list(level_target.grid.origin),
+            "blocks": int(level_done.size),
+            "blocks_done": int(level_done.sum()),
+        })  # fmt: skip
     return {
         "location": str(location),
         "shape": list(target.data.shape),
         "dtype": str(target.data.dtype),
         "block_shape": list(target.block_shape),
-        "blocks": int(done.size),
-        "blocks_done": int(done.sum()),
+        "blocks": sum(level["blocks"] for level in levels),
+        "blocks_done": sum(level["blocks_done"] for level in levels),
+        "levels": levels,
         "grid": job["grid"],
         "unit": job["unit"],
         "job": job,
@@ -74,8 +86,10 @@ def _block_indices(target: Target) -> list[tuple[int, int, int]]:
     return [tuple(int(i) for i in index) for index in np.ndindex(*target.numblocks)]
 
 
-def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = False) -> None:
-    """Write the volume as an MRC 2014 file (mode 2, float32), block by block.
+def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = False,
+               level: int = 0) -> None:  # fmt: skip
+    """Write the volume (or its pyramid level ``level``) as an MRC 2014 file (mode 2,
+    float32), block by block.
 
     MRC stores sections along z, rows along y and columns along x, so the file's
     array is the transpose of ours. MRC measures lengths in angstroms: the voxel
@@ -91,7 +105,7 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
         mrcfile is not installed (``pip install daskgauss[mrc]``).
     """
     mrcfile = require("mrcfile", extra="mrc", purpose="MRC export")
-    target = open_target(location)
+    target = open_target(location, level)
     output = pathlib.Path(output)
     if output.exists() and not overwrite:
         raise FileExistsError(
@@ -120,9 +134,15 @@ def export_mrc(location: str, output: str | pathlib.Path, *, overwrite: bool = F
 
 
 def preview_image(
-    location: str, *, axis: int = 2, index: int | None = None, projection: bool = False
+    location: str,
+    *,
+    axis: int = 2,
+    index: int | None = None,
+    projection: bool = False,
+    level: int = 0,
 ) -> tuple[np.ndarray, tuple[float, float, float, float], str]:
-    """The image :func:`preview_png` draws: a plane, or the maximum along ``axis``.
+    """The image :func:`preview_png` draws: a plane, or the maximum along ``axis``, of
+    pyramid level ``level``.
 
     Returns
     -------
@@ -136,7 +156,7 @@ def preview_image(
 
     if axis not in (0, 1, 2):
         raise ValueError(f"axis must be 0, 1 or 2 (x, y, z), got {axis}")
-    target = open_target(location)
+    target = open_target(location, level)
     size = target.data.shape[axis]
     if projection:
         image = da.from_zarr(target.data).max(axis=axis).compute()
@@ -151,6 +171,8 @@ def preview_image(
         selection[axis] = plane  # type: ignore[call-overload]
         image = np.asarray(target.data[tuple(selection)])
         title = f"{'xyz'[axis]} index {plane}"
+    if level:
+        title += f", level {level}"
     axes_values = target.grid.axes
     shown = [d for d in range(3) if d != axis]
     extent = (
@@ -167,6 +189,7 @@ def preview_png(
     axis: int = 2,
     index: int | None = None,
     projection: bool = False,
+    level: int = 0,
 ) -> None:
     """Save one plane, or the maximum projection along ``axis``, as a PNG.
 
@@ -179,10 +202,13 @@ def preview_png(
     projection : bool
         Show the maximum along ``axis`` instead of one plane (reads the whole
         volume, block by block, through dask).
+    level : int
+        The pyramid level shown (0: full resolution).
     """
     require("matplotlib", extra="preview", purpose="preview").use("Agg")
     plt = require("matplotlib.pyplot", extra="preview", purpose="preview")
-    image, extent, title = preview_image(location, axis=axis, index=index, projection=projection)
+    image, extent, title = preview_image(location, axis=axis, index=index, projection=projection,
+                                         level=level)  # fmt: skip
     shown = [d for d in range(3) if d != axis]
     unit = open_target(location).record["unit"] or "coordinate units"
     figure, frame = plt.subplots(figsize=(6, 5))

@@ -151,6 +151,37 @@ class Grid:
         :attr:`axes` in the form xarray takes as ``coords``."""
         return dict(zip(("x", "y", "z"), self.axes, strict=True))
 
+    def level(self, level: int) -> Grid:
+        """The grid of pyramid level ``level``: each sample the mean of ``2**level`` samples
+        of this grid per axis.
+
+        Its shape is ``ceil(shape / 2**level)``, its spacing ``spacing * 2**level``, and
+        its sample ``i`` sits at the centre of the level-0 samples it averages,
+        ``origin + (2**level - 1) / 2 * spacing + i * spacing * 2**level`` (a box at
+        the far edge averages fewer samples, but sits on the same regular lattice).
+        Level 0 is this grid.
+        """
+        if isinstance(level, bool) or not isinstance(level, int | np.integer) or level < 0:
+            raise ValueError(f"level must be a non-negative integer, got {level!r}")
+        if level == 0:
+            return self
+        factor = 2 ** int(level)
+        return Grid(
+            shape=tuple(-(-n // factor) for n in self.shape),  # type: ignore[arg-type]
+            origin=tuple(
+                o + (factor - 1) / 2 * h for o, h in zip(self.origin, self.spacing, strict=True)
+            ),
+            spacing=tuple(h * factor for h in self.spacing),  # type: ignore[arg-type]
+        )
+
+    def auto_levels(self, largest: int = 256) -> int:
+        """How many levels above 0 a pyramid needs for its coarsest level's largest side
+        to be at most ``largest`` samples (0 when this grid already is)."""
+        levels = 0
+        while max(-(-n // 2**levels) for n in self.shape) > largest:
+            levels += 1
+        return levels
+
     @property
     def period(self) -> tuple[float, float, float]:
         """Length of the periodic box on each axis, ``shape * spacing``."""

@@ -35,6 +35,7 @@ __all__ = [
     "JobSpec",
     "StoreFormatError",
     "check_format",
+    "is_regular",
     "regular_chunks",
 ]
 
@@ -84,6 +85,9 @@ class JobSpec:
     covariance : bool
         Whether the Gaussians have full covariances (``sigma_range`` then describes
         the square roots of their diagonals). Descriptive, implied by the fingerprint.
+    levels : int
+        Pyramid levels above level 0 that the store holds (datasets "1" ... "levels",
+        each the 2 x 2 x 2 box mean of the one below, in blocks of ``block_shape``).
     """
 
     grid: Grid
@@ -99,12 +103,15 @@ class JobSpec:
     compression: str | None = None
     unit: str | None = None
     covariance: bool = False
+    levels: int = 0
     token: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         # repr of floats round-trips exactly, so equal specs, and only they, share a token.
         identity = (self.fingerprint, self.grid, self.tol, self.normalize, self.periodic,
                     self.dtype, self.chunks, self.compression, self.unit)  # fmt: skip
+        if self.levels:  # stores without levels keep the tokens they always had
+            identity += (self.levels,)
         token = hashlib.sha256(repr(identity).encode()).hexdigest()[:32]
         object.__setattr__(self, "token", token)
 
@@ -124,17 +131,21 @@ class JobSpec:
 
         Only regular blocks map onto the chunks of a Zarr array.
         """
-        return all(
-            all(size == sizes[0] for size in sizes[:-1]) and sizes[-1] <= sizes[0]
-            for sizes in self.chunks
-        )
+        return is_regular(self.chunks)
 
-    def block_slices(self, block_index: tuple[int, int, int]) -> tuple[slice, slice, slice]:
-        """Where block ``block_index`` sits in the volume (global sample indices)."""
+    def level_chunks(self, level: int) -> Chunks:
+        """The blocks of pyramid level ``level``: ``block_shape`` over its grid."""
+        return self.chunks if level == 0 else regular_chunks(
+            self.grid.level(level).shape, self.block_shape)  # fmt: skip
+
+    def block_slices(self, block_index: tuple[int, int, int], level: int = 0
+                     ) -> tuple[slice, slice, slice]:  # fmt: skip
+        """Where block ``block_index`` of level ``level`` sits in it (global sample indices)."""
+        chunks = self.level_chunks(level)
         slices = []
         for d in range(3):
-            start = sum(self.chunks[d][: block_index[d]])
-            slices.append(slice(start, start + self.chunks[d][block_index[d]]))
+            start = sum(chunks[d][: block_index[d]])
+            slices.append(slice(start, start + chunks[d][block_index[d]]))
         return tuple(slices)  # type: ignore[return-value]
 
     def to_json(self) -> dict[str, Any]:
@@ -171,6 +182,7 @@ class JobSpec:
             "unit": self.unit,
             "compression": self.compression,
             "covariance": self.covariance,
+            "levels": self.levels,
         }
 
     @classmethod
@@ -204,6 +216,7 @@ class JobSpec:
             compression=record["compression"],
             unit=record["unit"],
             covariance=bool(record.get("covariance", False)),
+            levels=int(record.get("levels", 0)),
         )
 
     def differences(self, other: JobSpec) -> list[str]:
@@ -231,6 +244,13 @@ def check_format(recorded: object) -> None:
         f"the store was written in daskgauss store format {recorded}, and this daskgauss "
         f"reads format {FORMAT} only; {where}. Its data are left intact; pass "
         "overwrite=True (--overwrite) to replace it."
+    )
+
+
+def is_regular(chunks: Chunks) -> bool:
+    """Whether all blocks but the last on each axis have the same size, the last no larger."""
+    return all(
+        all(size == sizes[0] for size in sizes[:-1]) and sizes[-1] <= sizes[0] for sizes in chunks
     )
 
 

@@ -22,6 +22,14 @@ Why it is fast
 * With ``overwrite`` each strip is zeroed just before it is filled, instead of
   the caller clearing the whole block first: one pass over memory instead of two.
 
+Pyramid levels
+--------------
+:func:`add_level_gaussians_to_block` renders level ``l`` of a multiscale pyramid
+(each sample the mean of the ``2^l x 2^l x 2^l`` level-0 samples it covers)
+straight from the Gaussians: a box mean of a separable function is separable, so
+only the 1D factors change (box means of the level-0 factors, with box minima of
+the exponents for the row cut). The strip sweep is the same code for both.
+
 Why it is deterministic
 -----------------------
 Every decision (which voxels a Gaussian covers, each 1D factor, which rows are
@@ -41,7 +49,7 @@ import numpy as np
 from ._exp import exp_negative
 from ._vector_rows import add_outer_rows
 
-__all__ = ["add_gaussians_to_block"]
+__all__ = ["add_gaussians_to_block", "add_level_gaussians_to_block"]
 
 # x planes per list of the Gaussians reaching a strip: a list is scanned once per
 # plane, and an entry whose x range misses the plane is skipped (about one in
@@ -99,10 +107,10 @@ def _axis_factors(axis, block_start, origin, spacing, positions, sigma, scale, l
 
 
 @numba.njit(nogil=True, cache=True)
-def _factors(block, block_start, origin, spacing, positions, sigma, amplitude, low, high, offset):
+def _factors(block_start, origin, spacing, positions, sigma, amplitude, low, high, offset):
     """Each Gaussian's 1D factors over its clipped box, and the x and y exponents.
 
-    ``factor_x`` carries the amplitude; ``factor_z`` is in the block's dtype.
+    All float64; ``factor_x`` carries the amplitude.
     """
     count = positions.shape[0]
     ones = np.ones(1)
@@ -116,7 +124,7 @@ def _factors(block, block_start, origin, spacing, positions, sigma, amplitude, l
     _axis_factors(0, *arguments, amplitude, low, high, offset, exponent_x, factor_x)
     _axis_factors(1, *arguments, ones, low, high, offset, exponent_y, factor_y)
     _axis_factors(2, *arguments, ones, low, high, offset, exponent_z, factor_z)
-    return factor_x, exponent_x, factor_y, exponent_y, factor_z.astype(block.dtype)
+    return factor_x, exponent_x, factor_y, exponent_y, factor_z, exponent_z
 
 
 @numba.njit(nogil=True, cache=True)
@@ -198,6 +206,105 @@ def _strip_entries(block_shape, low, high, offset, strip):
 
 
 @numba.njit(nogil=True, cache=True)
+def _level_boxes(fine_low, fine_high, scale):
+    """Level support boxes ``[fine_low // scale, fine_high // scale]``; empty stays empty."""
+    count = fine_low.shape[0]
+    low = np.empty((count, 3), np.int64)
+    high = np.empty((count, 3), np.int64)
+    for c in range(count):
+        for d in range(3):
+            low[c, d] = fine_low[c, d] // scale
+            if fine_high[c, d] < fine_low[c, d]:
+                high[c, d] = low[c, d] - 1
+            else:
+                high[c, d] = fine_high[c, d] // scale
+    return low, high
+
+
+@numba.njit(nogil=True, cache=True)
+def _level_axis(axis, block_start, scale, fine_length, low, offset, fine_start, fine_low,
+                fine_offset, fine_exponents, fine_factors):  # fmt: skip
+    """One axis's level exponents and factors from the level-0 ones (box minima and means).
+
+    Level sample ``i`` covers level-0 samples ``i * scale`` to ``(i + 1) * scale - 1``
+    (the last box stops at ``fine_length``). Its factor is the sum of the level-0
+    factors there (zero outside the support), in ascending order, divided by the
+    number of level-0 samples the box holds; its exponent is the smallest level-0
+    exponent there. Gaussian ``c``'s level-0 values start at ``fine_offset[c, axis]``
+    for global level-0 sample ``fine_start[axis] + fine_low[c, axis]``, and cover
+    exactly the level boxes of its clipped level range (``low``, ``offset``).
+    """
+    count = low.shape[0]
+    exponents = np.empty(offset[count, axis])
+    factors = np.empty(offset[count, axis])
+    for c in range(count):
+        at = fine_offset[c, axis]
+        end = fine_offset[c + 1, axis]
+        k = fine_start[axis] + fine_low[c, axis]  # global level-0 index of fine_*[at]
+        for j in range(offset[c + 1, axis] - offset[c, axis]):
+            i = block_start[axis] + low[c, axis] + j
+            box_end = min((i + 1) * scale, fine_length[axis])
+            # The support reaches every box of the level range: at least one term.
+            total = fine_factors[at]
+            smallest = fine_exponents[at]
+            at += 1
+            k += 1
+            while at < end and k < box_end:
+                total += fine_factors[at]
+                smallest = min(smallest, fine_exponents[at])
+                at += 1
+                k += 1
+            factors[offset[c, axis] + j] = total / (box_end - i * scale)
+            exponents[offset[c, axis] + j] = smallest
+    return exponents, factors
+
+
+@numba.njit(nogil=True, cache=True)
+def _sweep_strips(block, low, high, offset, factor_x, exponent_x, factor_y, exponent_y, factor_z,
+                  log_inverse_tol, strip, overwrite):  # fmt: skip
+    """Add the Gaussians, given by their clipped boxes and 1D factors, strip by strip.
+
+    ``factor_z`` is in the block's dtype; the rest as :func:`add_gaussians_to_block`.
+    Returns the number of voxel updates.
+    """
+    shape = block.shape
+    first_row, last_row = _kept_rows(low, high, offset, exponent_x, exponent_y, log_inverse_tol)
+    list_start, entries = _strip_entries(shape, low, high, offset, strip)
+
+    strips = (shape[1] + strip - 1) // strip
+    updates = 0
+    for i in range(shape[0]):
+        plane_lists = (i // SLAB) * strips
+        for s in range(strips):
+            row_low = s * strip
+            row_high = min(row_low + strip, shape[1]) - 1
+            if overwrite:
+                block[i, row_low : row_high + 1, :] = 0
+            for e in range(list_start[plane_lists + s], list_start[plane_lists + s + 1]):
+                if i < entries[e, _X_LOW] or i > entries[e, _X_HIGH]:
+                    continue
+                at = entries[e, _X_BASE] + i
+                first = max(first_row[at], row_low)
+                last = min(last_row[at], row_high)
+                if first > last:
+                    continue
+                add_outer_rows(
+                    block,
+                    (i * shape[1] + first) * shape[2] + entries[e, _Z_LOW],
+                    shape[2],
+                    factor_x[at],
+                    factor_y,
+                    entries[e, _Y_BASE] + first,
+                    last - first + 1,
+                    factor_z,
+                    entries[e, _Z_START],
+                    entries[e, _Z_LENGTH],
+                )
+                updates += (last - first + 1) * entries[e, _Z_LENGTH]
+    return updates
+
+
+@numba.njit(nogil=True, cache=True)
 def add_gaussians_to_block(
     block: np.ndarray,
     block_start: np.ndarray,
@@ -246,42 +353,96 @@ def add_gaussians_to_block(
         The number of voxel updates (one multiply-add of one Gaussian into one
         voxel) performed.
     """
-    shape = block.shape
-    low, high, offset = _clip_boxes(shape, block_start, index_low, index_high)
-    factor_x, exponent_x, factor_y, exponent_y, factor_z = _factors(
-        block, block_start, origin, spacing, positions, sigma, amplitude, low, high, offset
+    low, high, offset = _clip_boxes(block.shape, block_start, index_low, index_high)
+    factor_x, exponent_x, factor_y, exponent_y, factor_z, _ = _factors(
+        block_start, origin, spacing, positions, sigma, amplitude, low, high, offset
     )
-    first_row, last_row = _kept_rows(low, high, offset, exponent_x, exponent_y, log_inverse_tol)
-    list_start, entries = _strip_entries(shape, low, high, offset, strip)
+    return _sweep_strips(
+        block, low, high, offset, factor_x, exponent_x, factor_y, exponent_y,
+        factor_z.astype(block.dtype), log_inverse_tol, strip, overwrite,
+    )  # fmt: skip
 
-    strips = (shape[1] + strip - 1) // strip
-    updates = 0
-    for i in range(shape[0]):
-        plane_lists = (i // SLAB) * strips
-        for s in range(strips):
-            row_low = s * strip
-            row_high = min(row_low + strip, shape[1]) - 1
-            if overwrite:
-                block[i, row_low : row_high + 1, :] = 0
-            for e in range(list_start[plane_lists + s], list_start[plane_lists + s + 1]):
-                if i < entries[e, _X_LOW] or i > entries[e, _X_HIGH]:
-                    continue
-                at = entries[e, _X_BASE] + i
-                first = max(first_row[at], row_low)
-                last = min(last_row[at], row_high)
-                if first > last:
-                    continue
-                add_outer_rows(
-                    block,
-                    (i * shape[1] + first) * shape[2] + entries[e, _Z_LOW],
-                    shape[2],
-                    factor_x[at],
-                    factor_y,
-                    entries[e, _Y_BASE] + first,
-                    last - first + 1,
-                    factor_z,
-                    entries[e, _Z_START],
-                    entries[e, _Z_LENGTH],
-                )
-                updates += (last - first + 1) * entries[e, _Z_LENGTH]
-    return updates
+
+@numba.njit(nogil=True, cache=True)
+def add_level_gaussians_to_block(
+    block: np.ndarray,
+    block_start: np.ndarray,
+    origin: np.ndarray,
+    spacing: np.ndarray,
+    positions: np.ndarray,
+    sigma: np.ndarray,
+    amplitude: np.ndarray,
+    fine_low: np.ndarray,
+    fine_high: np.ndarray,
+    fine_shape: np.ndarray,
+    scale: int,
+    log_inverse_tol: float,
+    strip: int,
+    overwrite: bool,
+) -> int:
+    """Add truncated Gaussians into a block of pyramid level ``l`` (``scale = 2**l``).
+
+    Level sample ``(i, j, k)`` is the mean of the level-0 samples of its box,
+    ``scale`` of them per axis (fewer in the last box of an axis, which stops at
+    the level-0 grid's edge). The box mean of a separable Gaussian is separable:
+    the value is ``Fx[i] Fy[j] Fz[k]``, each factor the mean of the level-0
+    factors over the box, zero outside the Gaussian's level-0 support box.
+
+    Parameters
+    ----------
+    block : ndarray, shape (nx, ny, nz), float32 or float64, C-contiguous
+        The output block of the level; Gaussians are added to what it holds.
+    block_start : ndarray, shape (3,), int64
+        Global level sample index of ``block[0, 0, 0]`` on each axis.
+    origin, spacing : ndarray, shape (3,), float64
+        Geometry of the level-0 grid (coordinate units).
+    positions, sigma, amplitude
+        As :func:`add_gaussians_to_block`.
+    fine_low, fine_high : ndarray, shape (K, 3), int64
+        Inclusive level-0 sample range of each Gaussian's support box, inside
+        the level-0 grid (empty where low > high): what
+        :func:`add_gaussians_to_block` takes as ``index_low, index_high`` at level 0.
+        The level support box is ``[fine_low // scale, fine_high // scale]``.
+    fine_shape : ndarray, shape (3,), int64
+        Shape of the level-0 grid; the level's is ``ceil(fine_shape / scale)``.
+    scale : int
+        Level-0 samples per level sample along each axis, ``2**l`` (at least 1).
+    log_inverse_tol, strip, overwrite
+        As :func:`add_gaussians_to_block`. A level row is skipped where the x-y
+        exponent, each axis's being the smallest level-0 exponent of the box, exceeds
+        ``log_inverse_tol``: where every level-0 row it averages would have been
+        skipped. So the level differs from the box mean of the untruncated-row
+        render by less than ``tol`` times the peak per Gaussian.
+
+    Returns
+    -------
+    int
+        The number of voxel updates performed.
+
+    Notes
+    -----
+    Each factor is ``total / n``: ``total`` the level-0 factors (computed as
+    :func:`add_gaussians_to_block` does, amplitude on x) summed in ascending index
+    order, ``n`` the number of level-0 samples in the box. Everything follows from
+    global indices, so the level's bits do not depend on its blocks; with
+    ``scale == 1`` they are those of :func:`add_gaussians_to_block`.
+    """
+    low, high = _level_boxes(fine_low, fine_high, scale)
+    low, high, offset = _clip_boxes(block.shape, block_start, low, high)
+    # The level-0 samples under the block: the supports clipped to them are exactly
+    # the level-0 samples of the clipped level boxes.
+    fine_start = block_start * scale
+    fine_block = (block.shape[0] * scale, block.shape[1] * scale, block.shape[2] * scale)
+    fine_low_local, fine_high_local, fine_offset = _clip_boxes(
+        fine_block, fine_start, fine_low, fine_high
+    )
+    fine = _factors(fine_start, origin, spacing, positions, sigma, amplitude, fine_low_local,
+                    fine_high_local, fine_offset)  # fmt: skip
+    level = (block_start, scale, fine_shape, low, offset, fine_start, fine_low_local, fine_offset)
+    exponent_x, factor_x = _level_axis(0, *level, fine[1], fine[0])
+    exponent_y, factor_y = _level_axis(1, *level, fine[3], fine[2])
+    _, factor_z = _level_axis(2, *level, fine[5], fine[4])
+    return _sweep_strips(
+        block, low, high, offset, factor_x, exponent_x, factor_y, exponent_y,
+        factor_z.astype(block.dtype), log_inverse_tol, strip, overwrite,
+    )  # fmt: skip

@@ -26,6 +26,7 @@ def _render_task(binning: Binning, index: tuple[int, int, int], dtype: str) -> n
         binning.block_start(index),
         binning.block_shape(index),
         dtype,
+        level=binning.level,
     )
 
 
@@ -41,6 +42,7 @@ def gaussian_sum(
     periodic: bool = False,
     chunks: object = None,
     dtype: DTypeLike = "float32",
+    level: int = 0,
 ) -> da.Array:
     r"""The sum of 3D Gaussians sampled on a grid, as a lazy dask array.
 
@@ -101,12 +103,19 @@ def gaussian_sum(
         the grid, the dtype and dask.config only, never on the machine.
     dtype : {"float32", "float64"}
         Output dtype; Gaussians are summed in it.
+    level : int
+        Pyramid level: sample ``(i, j, k)`` is the mean of the ``2**level``-cubed
+        grid samples it covers (at the far edges, of those that exist), on the grid
+        ``grid.level(level)``, rendered from the Gaussians' 1D box means, never from
+        level 0. The same bits as level ``level`` of a store :func:`render_to_zarr`
+        writes with ``levels``. Axis-aligned Gaussians only. ``chunks`` then divide
+        the level's shape.
 
     Returns
     -------
     dask.array.Array
-        Shape ``grid.shape``. Nothing is computed until asked; computing a slice
-        runs only the blocks it touches.
+        Shape ``grid.level(level).shape``. Nothing is computed until asked;
+        computing a slice runs only the blocks it touches.
 
     Notes
     -----
@@ -153,9 +162,9 @@ def gaussian_sum(
                       periodic=periodic, chunks=chunks, dtype=dtype,
                       covariance=covariance)  # fmt: skip
     if is_chunked(centres, sigma, weights, covariance):
-        chunked = plan_chunked(request, lazy=True)
+        chunked = plan_chunked(request, lazy=True, level=level)
         return lazy_volume(chunked.inputs, chunked.settings, chunked.dtype)
-    job = plan(request, lazy=True)
+    job = plan(request, lazy=True, level=level)
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a
     # distributed cluster they are scattered to one worker now (workers fetch them
@@ -166,10 +175,12 @@ def gaussian_sum(
     client = active_client()
     shared = client.scatter(job.binning, hash=False) if client is not None else job.binning
     spec = job.spec
-    binning_key = f"daskgauss-binning-{spec.token}"
-    name = f"gaussian-sum-{spec.token}"
+    token = spec.token if not level else f"{spec.token}-level{level}"
+    binning_key = f"daskgauss-binning-{token}"
+    name = f"gaussian-sum-{token}"
     layer: dict = {binning_key: shared}
-    for index in np.ndindex(*spec.numblocks):
+    for index in np.ndindex(*job.binning.numblocks):
         layer[(name, *index)] = (_render_task, binning_key, index, spec.dtype)
     graph = HighLevelGraph.from_collections(name, layer, dependencies=())
-    return da.Array(graph, name, spec.chunks, meta=np.empty((0, 0, 0), dtype=spec.dtype))
+    meta = np.empty((0, 0, 0), dtype=spec.dtype)
+    return da.Array(graph, name, job.binning.chunks, meta=meta)

@@ -50,6 +50,8 @@ __all__ = [
     "Request",
     "block_chunks",
     "check_lazy_blocks",
+    "check_level",
+    "check_pyramid",
     "default_block_shape",
     "output_dtype",
     "plan",
@@ -209,11 +211,30 @@ def check_lazy_blocks(chunks: Chunks, shape: tuple[int, int, int]) -> None:
         )
 
 
-def plan(request: Request, *, lazy: bool = False) -> Plan:
+def check_level(level: object, name: str = "level") -> int:
+    """``level`` as an int, if it is a non-negative integer."""
+    if isinstance(level, bool) or not isinstance(level, int | np.integer) or level < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {level!r}")
+    return int(level)
+
+
+def check_pyramid(covariance: object) -> None:
+    """Refuse pyramid levels for full covariances (``covariance`` not None): a box mean of
+    a Gaussian that is not separable is not a product of 1D means."""
+    if covariance is not None:
+        raise ValueError(
+            "pyramid levels are rendered from 1D box means of separable Gaussians; full "
+            "covariances are not separable: render level 0 only (levels=None, level=0)"
+        )
+
+
+def plan(request: Request, *, lazy: bool = False, level: int = 0) -> Plan:
     """Validate every argument of a request, choose the blocks and bin the Gaussians.
 
     ``lazy``: the plan is for a lazy array, whose blocks are all tasks in memory:
     refuse more than ``daskgauss.max-lazy-blocks`` (:func:`check_lazy_blocks`).
+    ``level``: bin the blocks of that pyramid level (``request.chunks`` then divide
+    ``grid.level(level)``); the spec still describes level 0.
 
     Raises
     ------
@@ -224,6 +245,7 @@ def plan(request: Request, *, lazy: bool = False) -> Plan:
     """
     grid = request.grid
     periodic = _check_grid_and_periodic(request)
+    level = check_level(level)
     gaussians = prepare_gaussians(
         request.centres,
         request.sigma,
@@ -232,11 +254,15 @@ def plan(request: Request, *, lazy: bool = False) -> Plan:
         normalize=request.normalize,
         tol=request.tol,
     )
+    if level:
+        check_pyramid(gaussians.covariance)
     dtype = output_dtype(request.dtype)
     chunks = block_chunks(request.chunks, grid.shape, dtype)
+    binned_shape = grid.level(level).shape
+    binned_chunks = block_chunks(request.chunks, binned_shape, dtype) if level else chunks
     if lazy:
-        check_lazy_blocks(chunks, grid.shape)
-    binning = bin_gaussians(gaussians, grid, chunks, periodic=periodic)
+        check_lazy_blocks(binned_chunks, binned_shape)
+    binning = bin_gaussians(gaussians, grid, binned_chunks, periodic=periodic, level=level)
     sigma = gaussians.sigma
     amplitude = gaussians.amplitude
     spec = JobSpec(
@@ -277,11 +303,12 @@ class ChunkedPlan:
     dtype: np.dtype
 
 
-def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = False) -> ChunkedPlan:
+def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = False,
+                 level: int = 0) -> ChunkedPlan:  # fmt: skip
     """Check a request with dask-array inputs, reading none of their data.
 
     ``source`` names the input in the messages of errors found in its values; ``lazy``
-    as for :func:`plan`.
+    and ``level`` as for :func:`plan` (``settings.chunks`` are the level's blocks).
 
     Raises
     ------
@@ -292,11 +319,16 @@ def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = Fals
     if request.normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {request.normalize!r}")
     tol = checked_tol(request.tol)
+    level = check_level(level)
+    if level:
+        check_pyramid(request.covariance)
     dtype = output_dtype(request.dtype)
-    chunks = block_chunks(request.chunks, request.grid.shape, dtype)
+    shape = request.grid.level(level).shape
+    chunks = block_chunks(request.chunks, shape, dtype)
     if lazy:
-        check_lazy_blocks(chunks, request.grid.shape)
+        check_lazy_blocks(chunks, shape)
     check_sigma_or_covariance(request.sigma, request.covariance)
     inputs = chunked_inputs(request.centres, request.sigma, request.weights, request.covariance)
-    settings = ChunkSettings(request.grid, chunks, tol, request.normalize, periodic, source)
+    settings = ChunkSettings(request.grid, chunks, tol, request.normalize, periodic, source,
+                             level)  # fmt: skip
     return ChunkedPlan(inputs, settings, dtype)

@@ -14,14 +14,22 @@ import zarr
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config
-from ._binning import BlockSources
+from ._binning import Binning, BlockSources, bin_gaussians
 from ._block import render_block
 from ._chunked import ChunkSettings, Piece, block_tasks, fingerprint, is_chunked, merge, summaries
 from ._cluster import SchedulerLostError, active_client
 from ._grid import Grid
-from ._job import JobSpec
+from ._job import Chunks, JobSpec, is_regular, regular_chunks
 from ._lock import holding_lock
-from ._plan import ChunkedPlan, Plan, Request, plan, plan_chunked
+from ._plan import (
+    ChunkedPlan,
+    Plan,
+    Request,
+    check_level,
+    check_pyramid,
+    plan,
+    plan_chunked,
+)
 from ._store import (
     StoreMismatchError,
     Target,
@@ -30,6 +38,7 @@ from ._store import (
     compressors_for,
     create_target,
     normalise_location,
+    open_target,
     open_target_for_job,
     recorded_job,
 )
@@ -81,9 +90,11 @@ def _block_buffer(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
     return buffer
 
 
-def _render_and_write(location: str, spec: JobSpec, block_index: tuple[int, int, int]) -> int:
-    """One task: render one block from the sidecar, write it; return its source count."""
-    target = open_target_for_job(location, spec.token)
+def _render_and_write(location: str, spec: JobSpec, level: int,
+                      block_index: tuple[int, int, int]) -> int:  # fmt: skip
+    """One task: render one block of a level from the sidecar, write it; return its
+    source count."""
+    target = open_target_for_job(location, spec.token, level)
     sources = BlockSources.from_table(target.source_rows(block_index), spec.grid, spec.tol)
     return _write(target, spec, block_index, sources)
 
@@ -91,14 +102,14 @@ def _render_and_write(location: str, spec: JobSpec, block_index: tuple[int, int,
 def _write_pieces(location: str, spec: JobSpec, settings: ChunkSettings,
                   block_index: tuple[int, int, int], *pieces: Piece) -> int:  # fmt: skip
     """One task (chunked centres): render one block from its pieces, write it."""
-    target = open_target_for_job(location, spec.token)
+    target = open_target_for_job(location, spec.token, settings.level)
     return _write(target, spec, block_index, merge(pieces, settings))
 
 
 def _write(target: Target, spec: JobSpec, block_index: tuple[int, int, int],
            sources: BlockSources) -> int:  # fmt: skip
     """Render one block's sources into the thread's buffer and write it; return the count."""
-    slices = spec.block_slices(block_index)
+    slices = spec.block_slices(block_index, target.level)
     shape = tuple(s.stop - s.start for s in slices)
     dtype = np.dtype(spec.dtype)
     values = render_block(
@@ -109,6 +120,7 @@ def _write(target: Target, spec: JobSpec, block_index: tuple[int, int, int],
         shape,  # type: ignore[arg-type]
         dtype,
         out=_block_buffer(shape, dtype),  # type: ignore[arg-type]
+        level=target.level,
     )
     target.write_block(block_index, values)
     return sources.count
@@ -147,6 +159,27 @@ def _record_run(target: Target, report: RenderReport, source: str) -> None:
     target.record_run(record)
 
 
+@dataclass(frozen=True, eq=False)
+class LevelWork:
+    """What rendering one pyramid level takes.
+
+    Attributes
+    ----------
+    level : int
+    pairs : ndarray, shape (the level's numblocks), int64
+        Gaussians reaching each block of the level (0: nothing to render).
+    binning : Binning or None
+        The level's binning (centres in memory); None for chunked centres.
+    settings : ChunkSettings or None
+        The level's chunk settings (dask-array centres); None in memory.
+    """
+
+    level: int
+    pairs: np.ndarray
+    binning: Binning | None = None
+    settings: ChunkSettings | None = None
+
+
 class RenderJob:
     """A validated render, ready to run: what :func:`prepare_render` returns.
 
@@ -162,8 +195,9 @@ class RenderJob:
         where the chunks live.
     spec : JobSpec
         What the store records.
-    pairs : ndarray, shape ``spec.numblocks``, int64
-        Gaussians reaching each block (0: nothing to render).
+    levels : list of LevelWork
+        Level 0 and each pyramid level, coarsest first (the order they are rendered
+        in, so that a viewer can open the store before level 0 is complete).
     resume : bool
         Whether the store holds this job already (to be continued).
     overwrite : bool
@@ -172,33 +206,38 @@ class RenderJob:
         The volume, once :meth:`run` has created or opened the store.
     """
 
-    def __init__(self, store: str, job: Plan | ChunkedPlan, spec: JobSpec, pairs: np.ndarray,
-                 *, resume: bool, overwrite: bool, source: str):  # fmt: skip
+    def __init__(self, store: str, job: Plan | ChunkedPlan, spec: JobSpec,
+                 levels: list[LevelWork], *, resume: bool, overwrite: bool,
+                 source: str):  # fmt: skip
         self.store = store
         self.source = source
         self.plan = job
         self.spec = spec
-        self.pairs = pairs
+        self.levels = levels
         self.resume = resume
         self.overwrite = overwrite
         self.data: zarr.Array | None = None
 
-    def _tasks(self, target: Target, pending: list[tuple[int, int, int]]) -> list[Any]:
-        """One render-and-write task per pending block."""
+    def _tasks(self, target: Target, work: LevelWork, pending: list[tuple[int, int, int]]
+               ) -> list[Any]:  # fmt: skip
+        """One render-and-write task per pending block of one level."""
         spec = self.spec
-        if isinstance(self.plan, ChunkedPlan):
-            tasks = block_tasks(self.plan.inputs, self.plan.settings, pending, _write_pieces,
-                                (target.location, spec, self.plan.settings),
-                                f"daskgauss-render-{spec.token}")  # fmt: skip
+        name = f"daskgauss-render-{spec.token}-{work.level}"
+        if work.settings is not None:
+            assert isinstance(self.plan, ChunkedPlan)
+            tasks = block_tasks(self.plan.inputs, work.settings, pending, _write_pieces,
+                                (target.location, spec, work.settings), name)  # fmt: skip
             return list(tasks.values())
+        assert work.binning is not None
         if not target.sources_complete():
-            target.write_sources(*self.plan.binning.table)
+            target.write_sources(*work.binning.table)
         return [
             dask.delayed(_render_and_write, pure=True)(
                 target.location,
                 spec,
+                work.level,
                 index,
-                dask_key_name=f"daskgauss-render-{spec.token}-{index[0]}-{index[1]}-{index[2]}",
+                dask_key_name=f"{name}-{index[0]}-{index[1]}-{index[2]}",
             )
             for index in pending
         ]
@@ -214,38 +253,54 @@ class RenderJob:
 
     def _run(self, progress: bool) -> RenderReport:
         started = time.perf_counter()
-        target = create_target(self.store, spec=self.spec, overwrite=self.overwrite)
+        create_target(self.store, spec=self.spec, overwrite=self.overwrite)
         # Later runs of the same object resume rather than overwrite.
         resumed, self.resume, self.overwrite = self.resume, True, False
-        done = target.done_mask()
-        if target.block_pairs() is None:
-            target.write_block_pairs(self.pairs)
-        empty = np.argwhere(~done & (self.pairs == 0))
-        pending = [tuple(int(i) for i in index) for index in np.argwhere(~done & (self.pairs > 0))]
-        if pending:
-            _execute(self._tasks(target, pending), progress)
+        blocks = already_done = empty = rendered = 0
+        for work in self.levels:
+            # Level by level, coarsest first: each is complete, and readable, before
+            # the next one starts.
+            target = open_target(self.store, work.level)
+            done = target.done_mask()
+            if target.block_pairs() is None:
+                target.write_block_pairs(work.pairs)
+            pending = [tuple(int(i) for i in index)
+                       for index in np.argwhere(~done & (work.pairs > 0))]  # fmt: skip
+            if pending:
+                _execute(self._tasks(target, work, pending), progress)
+            blocks += int(work.pairs.size)
+            already_done += int(done.sum())
+            empty += int(np.count_nonzero(~done & (work.pairs == 0)))
+            rendered += len(pending)
         report = RenderReport(
-            blocks=int(self.pairs.size),
-            already_done=int(done.sum()),
-            empty=len(empty),
-            rendered=len(pending),
+            blocks=blocks,
+            already_done=already_done,
+            empty=empty,
+            rendered=rendered,
             seconds=time.perf_counter() - started,
             resumed=resumed,
         )
+        target = open_target(self.store)
         _record_run(target, report, self.source)
         self.data = target.data
         return report
 
 
-def _chunked_spec(job: ChunkedPlan) -> tuple[JobSpec, np.ndarray]:
+def _chunked_spec(job: ChunkedPlan, levels: tuple[ChunkSettings, ...]
+                  ) -> tuple[JobSpec, list[np.ndarray]]:  # fmt: skip
     """Pass 1 over dask-array centres, where their chunks live: validate and hash every
     chunk and count its pairs per block. Returns the job's spec (without store settings)
-    and the pairs per block."""
-    parts = _execute(summaries(job.inputs, job.settings), progress=False)
+    and the pairs per block of level 0 and of each level's settings in ``levels``."""
+    parts = _execute(summaries(job.inputs, job.settings, levels), progress=False)
     settings = job.settings
     count = sum(part.count for part in parts)
-    numblocks = tuple(len(sizes) for sizes in settings.chunks)
-    pairs = np.sum([part.pairs for part in parts], axis=0).reshape(numblocks)
+
+    def total(pairs: list[np.ndarray], level: ChunkSettings) -> np.ndarray:
+        return np.sum(pairs, axis=0).reshape(tuple(len(sizes) for sizes in level.chunks))
+
+    pairs = [total([part.pairs for part in parts], settings)]
+    pairs += [total([part.level_pairs[number] for part in parts], level)
+              for number, level in enumerate(levels)]  # fmt: skip
     spec = JobSpec(
         grid=settings.grid,
         fingerprint=fingerprint(parts),
@@ -272,6 +327,7 @@ def prepare_render(
     compression: str | None = None,
     overwrite: bool = False,
     source: str = "centres",
+    levels: int | str | None = None,
 ) -> RenderJob:
     """Validate a render and check its store, writing nothing; see :func:`render_to_zarr`.
 
@@ -289,28 +345,67 @@ def prepare_render(
     recorded = None if overwrite else recorded_job(location)
     if recorded is not None and request.chunks is None:
         request = replace(request, chunks=recorded.block_shape)
+    count = pyramid_levels(levels, request.grid)
+    if count:
+        check_pyramid(request.covariance)
     job: Plan | ChunkedPlan
+    work: list[LevelWork]
     if is_chunked(request.centres, request.sigma, request.weights, request.covariance):
         job = plan_chunked(request, source=source)
-        spec, pairs = _chunked_spec(job)
+        _check_regular(job.settings.chunks)
+        block = tuple(sizes[0] for sizes in job.settings.chunks)
+        settings = [job.settings] + [
+            replace(job.settings, level=level,
+                    chunks=regular_chunks(request.grid.level(level).shape, block))
+            for level in range(1, count + 1)
+        ]  # fmt: skip
+        spec, pairs = _chunked_spec(job, tuple(settings[1:]))
+        work = [LevelWork(level, pairs[level], settings=settings[level])
+                for level in range(count + 1)]  # fmt: skip
     else:
         job = plan(request)
-        spec = job.spec
-        pairs = np.diff(job.binning.block_offsets).reshape(spec.numblocks)
-    spec = replace(spec, unit=unit, compression=codec)
-    if not spec.regular:
-        raise ValueError(
-            "chunks for Zarr output must be regular (equal blocks, a smaller last one on each "
-            f"axis); got {spec.chunks}. Give one block size per axis."
-        )
+        _check_regular(job.spec.chunks)
+        spec = replace(job.spec, levels=count)
+        binnings = [job.binning] + [
+            bin_gaussians(job.gaussians, spec.grid, spec.level_chunks(level),
+                          periodic=spec.periodic, level=level)
+            for level in range(1, count + 1)
+        ]  # fmt: skip
+        work = [LevelWork(binning.level, np.diff(binning.block_offsets).reshape(
+                    binning.numblocks), binning=binning) for binning in binnings]  # fmt: skip
+    spec = replace(spec, unit=unit, compression=codec, levels=count)
     if recorded is not None and recorded != spec:
         raise StoreMismatchError(
             f"{location} holds a different daskgauss job "
             f"({', '.join(recorded.differences(spec))}). Its data are left intact. "
             "Use another path, or pass overwrite=True (--overwrite) to replace it."
         )
-    return RenderJob(location, job, spec, pairs, resume=recorded is not None, overwrite=overwrite,
-                     source=source)  # fmt: skip
+    # Coarsest first: a viewer can open the store while level 0 is still being written.
+    return RenderJob(location, job, spec, work[::-1], resume=recorded is not None,
+                     overwrite=overwrite, source=source)  # fmt: skip
+
+
+def pyramid_levels(levels: int | str | None, grid: Grid) -> int:
+    """The number of levels above 0 that ``levels`` asks for: None is none, ``"auto"``
+    as many as make the coarsest level's largest side at most 256 samples."""
+    if levels is None:
+        return 0
+    if levels == "auto":
+        return grid.auto_levels()
+    try:
+        return check_level(levels, "levels")
+    except ValueError:
+        raise ValueError(
+            f"levels must be None, 'auto' or a non-negative integer, got {levels!r}"
+        ) from None
+
+
+def _check_regular(chunks: Chunks) -> None:
+    if not is_regular(chunks):
+        raise ValueError(
+            "chunks for Zarr output must be regular (equal blocks, a smaller last one on each "
+            f"axis); got {chunks}. Give one block size per axis."
+        )
 
 
 def render_to_zarr(
@@ -330,6 +425,7 @@ def render_to_zarr(
     compression: str | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    levels: int | str | None = None,
 ) -> zarr.Array:
     """Render the sum of Gaussians straight into a Zarr v3 store, block by block.
 
@@ -357,6 +453,14 @@ def render_to_zarr(
         left intact.
     progress : bool
         Show a progress bar while blocks complete.
+    levels : int, "auto" or None
+        Pyramid levels above level 0 to render too (datasets "1" ... "levels" of the
+        OME-NGFF multiscale image): level ``l`` is ``gaussian_sum(..., level=l)``, each
+        sample the mean of the ``2^l``-cubed level-0 samples it covers, rendered from
+        the Gaussians (never read back from level 0) in blocks of the same shape.
+        ``"auto"`` adds levels until the coarsest one's largest side is at most 256
+        samples. The coarsest level is written first, so a viewer can open the store
+        before level 0 is complete. Axis-aligned Gaussians only.
 
     Returns
     -------
@@ -383,6 +487,7 @@ def render_to_zarr(
     request = Request(centres, sigma, grid, weights=weights, normalize=normalize, tol=tol,
                       periodic=periodic, chunks=chunks, dtype=dtype,
                       covariance=covariance)  # fmt: skip
-    job = prepare_render(store, request, unit=unit, compression=compression, overwrite=overwrite)
+    job = prepare_render(store, request, unit=unit, compression=compression, overwrite=overwrite,
+                         levels=levels)  # fmt: skip
     job.run(progress=progress)
     return job.data  # type: ignore[return-value]

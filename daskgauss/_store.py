@@ -60,7 +60,6 @@ __all__ = [
     "recorded_job",
 ]
 
-DATA_PATH = "0"
 DONE_PATH = "blocks_done"
 PAIRS_PATH = "block_pairs"
 RUNS_PATH = "runs"
@@ -153,28 +152,42 @@ def remove_location(location: str, *, keep: str | None = None) -> None:
             filesystem.rm(entry, recursive=True)
 
 
-def ngff_attributes(grid: Grid, unit: str | None, name: str) -> dict[str, Any]:
-    """OME-NGFF 0.5 ``ome`` attributes for a single-scale 3D image at path "0"."""
+def level_path(name: str, level: int) -> str:
+    """Where level ``level``'s array ``name`` (done flags, pairs, sidecar) is: level 0's
+    names are the single-scale store's, so that such stores read as they always did."""
+    return name if level == 0 else f"{name}_{level}"
+
+
+def ngff_attributes(grid: Grid, unit: str | None, name: str, levels: int = 0) -> dict[str, Any]:
+    """OME-NGFF 0.5 ``ome`` attributes for a 3D image at paths "0" ... ``levels``.
+
+    Level ``l`` has scale ``spacing 2^l`` and translation ``origin + (2^l - 1) / 2
+    spacing``: the centre of the level-0 samples each of its samples averages.
+    """
     axes = []
     for axis in AXES:
         description: dict[str, Any] = {"name": axis, "type": "space"}
         if unit is not None:
             description["unit"] = unit
         axes.append(description)
-    transformations = [
-        {"type": "scale", "scale": list(grid.spacing)},
-        {"type": "translation", "translation": list(grid.origin)},
-    ]
-    return {
-        "version": "0.5",
-        "multiscales": [
-            {
-                "name": name,
-                "axes": axes,
-                "datasets": [{"path": DATA_PATH, "coordinateTransformations": transformations}],
-            }
-        ],
-    }
+    datasets = []
+    for level in range(levels + 1):
+        level_grid = grid.level(level)
+        datasets.append({
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": list(level_grid.spacing)},
+                {"type": "translation", "translation": list(level_grid.origin)},
+            ],
+        })  # fmt: skip
+    multiscale: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets}
+    if levels:
+        multiscale["type"] = "mean"
+        multiscale["metadata"] = {
+            "description": "each level's sample is the mean of the 2x2x2 samples it covers in "
+            "the level below, rendered from the Gaussians (never by reading level 0 back)",
+        }
+    return {"version": "0.5", "multiscales": [multiscale]}
 
 
 def check_unit(unit: str | None) -> None:
@@ -195,15 +208,23 @@ class Target:
         Path or fsspec URL of the store.
     group : zarr.Group
     data : zarr.Array
-        The volume, shape ``grid.shape``, one chunk per block.
+        The volume (of pyramid level ``level``), one chunk per block.
     done : zarr.Array
         One uint8 flag per block.
+    level : int
+        The pyramid level this target reads and writes (0: the full resolution).
     """
 
     location: str
     group: zarr.Group
     data: zarr.Array
     done: zarr.Array
+    level: int = 0
+
+    @property
+    def levels(self) -> int:
+        """Pyramid levels above 0 in the store."""
+        return int(self.record.get("levels", 0))
 
     @property
     def record(self) -> dict[str, Any]:
@@ -212,8 +233,8 @@ class Target:
 
     @property
     def grid(self) -> Grid:
-        """The grid recorded in the store (read from any store format)."""
-        return Grid.from_dict(self.record["grid"])
+        """The grid of this target's level (level 0's is the one the store records)."""
+        return Grid.from_dict(self.record["grid"]).level(self.level)
 
     @property
     def block_shape(self) -> tuple[int, int, int]:
@@ -232,7 +253,7 @@ class Target:
         """
         mask = np.zeros(self.numblocks, dtype=bool)
         filesystem, path = fsspec.core.url_to_fs(self.location)
-        prefix = f"{path.rstrip('/')}/{DONE_PATH}/c/"
+        prefix = f"{path.rstrip('/')}/{level_path(DONE_PATH, self.level)}/c/"
         try:
             keys = filesystem.find(prefix)
         except FileNotFoundError:
@@ -275,7 +296,8 @@ class Target:
     def write_block_pairs(self, pairs: np.ndarray) -> None:
         """Record how many Gaussians reach each block (shape ``numblocks``); ``complete`` last."""
         array = self.group.create_array(
-            PAIRS_PATH, shape=pairs.shape, dtype="int64", chunks=pairs.shape,
+            level_path(PAIRS_PATH, self.level), shape=pairs.shape, dtype="int64",
+            chunks=pairs.shape,
             compressors=compressors_for("lz4"), dimension_names=list(AXES), overwrite=True,
         )  # fmt: skip
         array[...] = pairs
@@ -284,7 +306,7 @@ class Target:
     def block_pairs(self) -> np.ndarray | None:
         """Gaussians reaching each block, or None where not (completely) recorded yet."""
         try:
-            array = self.group[PAIRS_PATH]
+            array = self.group[level_path(PAIRS_PATH, self.level)]
         except KeyError:
             return None
         if not array.attrs.get("complete", False):
@@ -342,7 +364,7 @@ class Target:
     def _remove_block(self, block_index: Sequence[int]) -> None:
         root = fsspec.core.url_to_fs(self.location)[1].rstrip("/")
         key = "/".join(str(i) for i in block_index)
-        for array in (DATA_PATH, DONE_PATH):
+        for array in (str(self.level), level_path(DONE_PATH, self.level)):
             chunk = f"{root}/{array}/c/{key}"
             with contextlib.suppress(OSError):
                 self._filesystem.rm_file(chunk)
@@ -372,7 +394,8 @@ class Target:
     def sources_complete(self) -> bool:
         """Whether the sidecar was written to the end."""
         try:
-            return bool(self.group[SOURCES_PATH].attrs.get("complete", False))
+            sources = self.group[level_path(SOURCES_PATH, self.level)]
+            return bool(sources.attrs.get("complete", False))
         except KeyError:
             return False
 
@@ -386,7 +409,7 @@ class Target:
         ``start:stop`` (``columns`` wide); they are asked for and written a piece at a
         time, so the table never sits in memory whole. ``complete`` is set last.
         """
-        sources = self.group.create_group(SOURCES_PATH, overwrite=True)
+        sources = self.group.create_group(level_path(SOURCES_PATH, self.level), overwrite=True)
         stored_offsets = sources.create_array(
             "offsets", shape=offsets.shape, dtype="int64", chunks=offsets.shape
         )
@@ -405,7 +428,8 @@ class Target:
 
     def source_rows(self, block_index: Sequence[int]) -> np.ndarray:
         """The sidecar rows of one block."""
-        offsets, table = _open_sources(self.location, self.group.attrs["daskgauss"]["token"])
+        offsets, table = _open_sources(self.location, self.group.attrs["daskgauss"]["token"],
+                                       self.level)  # fmt: skip
         flat = int(np.ravel_multi_index(tuple(block_index), self.numblocks))
         return np.asarray(table[int(offsets[flat]) : int(offsets[flat + 1])])
 
@@ -418,18 +442,19 @@ def _all_zero(values: np.ndarray) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _open_sources(location: str, token: str) -> tuple[np.ndarray, zarr.Array]:
-    """The block offsets (read once) and the sidecar table, per process and job."""
-    group = zarr.open_group(location, mode="r", path=SOURCES_PATH)
+def _open_sources(location: str, token: str, level: int) -> tuple[np.ndarray, zarr.Array]:
+    """The block offsets (read once) and the sidecar table, per process, job and level."""
+    group = zarr.open_group(location, mode="r", path=level_path(SOURCES_PATH, level))
     return np.asarray(group["offsets"][...]), group["table"]
 
 
-def _target_from_group(location: str, group: zarr.Group) -> Target:
-    return Target(location=location, group=group, data=group[DATA_PATH], done=group[DONE_PATH])
+def _target_from_group(location: str, group: zarr.Group, level: int = 0) -> Target:
+    return Target(location=location, group=group, data=group[str(level)],
+                  done=group[level_path(DONE_PATH, level)], level=level)  # fmt: skip
 
 
-def open_target(location: str) -> Target:
-    """Open an existing daskgauss store.
+def open_target(location: str, level: int = 0) -> Target:
+    """Open an existing daskgauss store (at pyramid level ``level``).
 
     Raises
     ------
@@ -437,21 +462,28 @@ def open_target(location: str) -> Target:
         Nothing is at ``location``.
     StoreMismatchError
         Something is there, but not a complete store daskgauss wrote.
+    ValueError
+        The store has no level ``level``.
     """
     location = normalise_location(location)
     if not location_exists(location):
         raise FileNotFoundError(f"no store at {location}")
     group = _open_job_group(location)
+    levels = int(group.attrs["daskgauss"]["job"].get("levels", 0))
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= levels:
+        raise ValueError(
+            f"{location} has pyramid levels 0 to {levels}; there is no level {level!r}"
+        )
     try:
-        return _target_from_group(location, group)
+        return _target_from_group(location, group, level)
     except KeyError as error:
         raise StoreMismatchError(f"{location} is an incomplete daskgauss store: {error}") from None
 
 
 @functools.lru_cache(maxsize=16)
-def open_target_for_job(location: str, token: str) -> Target:
-    """:func:`open_target`, cached per process and job: what block tasks call."""
-    return open_target(location)
+def open_target_for_job(location: str, token: str, level: int = 0) -> Target:
+    """:func:`open_target`, cached per process, job and level: what block tasks call."""
+    return open_target(location, level)
 
 
 def _open_job_group(location: str) -> zarr.Group:
@@ -512,15 +544,22 @@ def create_target(location: str, *, spec: JobSpec, overwrite: bool) -> Target:
         group = _open_job_group(location)
     else:
         group = zarr.create_group(location, zarr_format=3, attributes={
-            "ome": ngff_attributes(spec.grid, spec.unit, name="daskgauss"),
+            "ome": ngff_attributes(spec.grid, spec.unit, name="daskgauss", levels=spec.levels),
             "daskgauss": {"job": spec.to_json(), "token": spec.token},
         })  # fmt: skip
     # Arrays are created only where missing, so a job killed while creating its
     # store resumes like any other.
-    if DATA_PATH not in group:
+    for level in range(spec.levels + 1):
+        _create_level(group, spec, level)
+    return _target_from_group(location, zarr.open_group(location, mode="r+"))
+
+
+def _create_level(group: zarr.Group, spec: JobSpec, level: int) -> None:
+    """Level ``level``'s volume and done flags, where missing."""
+    if str(level) not in group:
         group.create_array(
-            DATA_PATH,
-            shape=spec.grid.shape,
+            str(level),
+            shape=spec.grid.level(level).shape,
             chunks=spec.block_shape,
             dtype=spec.dtype,
             fill_value=0,
@@ -528,10 +567,10 @@ def create_target(location: str, *, spec: JobSpec, overwrite: bool) -> Target:
             dimension_names=list(AXES),
             config={"write_empty_chunks": False},
         )
-    if DONE_PATH not in group:
+    if level_path(DONE_PATH, level) not in group:
         group.create_array(
-            DONE_PATH,
-            shape=spec.numblocks,
+            level_path(DONE_PATH, level),
+            shape=tuple(len(sizes) for sizes in spec.level_chunks(level)),
             chunks=(1, 1, 1),
             dtype="uint8",
             fill_value=0,
@@ -540,4 +579,3 @@ def create_target(location: str, *, spec: JobSpec, overwrite: bool) -> Target:
             # A flag equal to the fill value is no object: listing finds the done blocks.
             config={"write_empty_chunks": False},
         )
-    return _target_from_group(location, zarr.open_group(location, mode="r+"))

@@ -229,6 +229,15 @@ _output_options = _options(
         help="Chunk codec (default lz4).",
     ),
     click.option("--overwrite", is_flag=True, help="Replace whatever is at STORE."),
+    click.option(
+        "--levels",
+        default=None,
+        metavar="N|auto",
+        callback=lambda context, parameter, value: _levels(value),
+        help="Also render pyramid levels 1..N (each the 2x2x2 mean of the one below, rendered "
+        "from the Gaussians, coarsest first); auto: until the coarsest is at most 256 "
+        "samples a side. Axis-aligned Gaussians only.",
+    ),
 )
 _cluster_options = _options(
     click.option(
@@ -428,6 +437,15 @@ def kde(
     _render_job(store, request, **options)
 
 
+def _levels(text: str | None) -> int | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise click.BadParameter(f"give a number of levels or 'auto', got {text!r}") from None
+
+
 def _bandwidth_factor(text: str) -> float:
     try:
         return float(text)
@@ -446,6 +464,7 @@ def _render_job(
     unit: str | None,
     compression: str | None,
     overwrite: bool,
+    levels: int | str | None,
     workers: int | None,
     threads_per_worker: int | None,
     scheduler: str | None,
@@ -466,7 +485,7 @@ def _render_job(
         job_request, source = request()
         grid = job_request.grid
         options = {"unit": unit, "compression": compression, "overwrite": overwrite,
-                   "source": source}  # fmt: skip
+                   "source": source, "levels": levels}  # fmt: skip
         # Centres in memory are validated before a cluster starts; chunked ones (Zarr,
         # Parquet) are validated where their chunks are read, on the cluster.
         chunked = is_chunked(job_request.centres, job_request.sigma, job_request.weights,
@@ -528,12 +547,14 @@ def _quiet_distributed() -> None:
 
 
 def _progress(store: str) -> str:
-    """How far a render got, for the message after it stopped."""
+    """How far a render got (all levels), for the message after it stopped."""
     try:
-        done = open_target(store).done_mask()
+        levels = open_target(store).levels
+        masks = [open_target(store, level).done_mask() for level in range(levels + 1)]
     except (*_USER_ERRORS, OSError, KeyError):
         return "before any block was written"
-    return f"after {int(done.sum())} of {done.size} blocks"
+    done, blocks = sum(int(mask.sum()) for mask in masks), sum(mask.size for mask in masks)
+    return f"after {done} of {blocks} blocks"
 
 
 def _grid_from_options(shape: Any, lower: Any, upper: Any, origin: Any, spacing: Any) -> Grid:
@@ -548,6 +569,15 @@ def _grid_from_options(shape: Any, lower: Any, upper: Any, origin: Any, spacing:
     if origin is None or spacing is None:
         raise ValueError("--origin and --spacing go together")
     return Grid(shape=shape, origin=origin, spacing=spacing)
+
+
+_level_option = click.option(
+    "--level",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Pyramid level (0: full resolution).",
+)
 
 
 @cli.command()
@@ -578,6 +608,13 @@ def info(store: str, as_json: bool) -> None:
         f"progress    {summary['blocks_done']} of {summary['blocks']} blocks done",
         f"runs        {len(summary['runs'])}",
     ]
+    if len(summary["levels"]) > 1:
+        lines[-1:-1] = [
+            f"level {level['level']:<5} {tuple(level['shape'])}, spacing "
+            f"{tuple(round(h, 9) for h in level['spacing'])}, {level['blocks_done']} of "
+            f"{level['blocks']} blocks done"
+            for level in summary["levels"]
+        ]
     if summary["runs"] and summary["runs"][-1].get("source"):
         lines.append(f"centres     {summary['runs'][-1]['source']}")
     if summary["bytes_on_disk"] is not None:
@@ -597,13 +634,15 @@ def info(store: str, as_json: bool) -> None:
 )
 @click.option("--index", type=int, default=None, help="Plane index (default: the middle).")
 @click.option("--max", "projection", is_flag=True, help="Maximum projection along the axis.")
-def preview(store: str, output: str, axis: str, index: int | None, projection: bool) -> None:
+@_level_option
+def preview(store: str, output: str, axis: str, index: int | None, projection: bool,
+            level: int) -> None:  # fmt: skip
     """Save a plane of STORE, or a maximum projection, as the PNG OUTPUT."""
     if index is not None and projection:
         _fail(ValueError("give --index or --max, not both"))
     try:
         preview_png(store, output, axis="xyz".index(axis) if axis in "xyz" else int(axis),
-                    index=index, projection=projection)  # fmt: skip
+                    index=index, projection=projection, level=level)  # fmt: skip
     except _USER_ERRORS as error:
         _fail(error)
     click.echo(f"wrote {output}")
@@ -613,10 +652,11 @@ def preview(store: str, output: str, axis: str, index: int | None, projection: b
 @click.argument("store")
 @click.argument("output", type=click.Path(dir_okay=False))
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-def export(store: str, output: str, overwrite: bool) -> None:
+@_level_option
+def export(store: str, output: str, overwrite: bool, level: int) -> None:
     """Write STORE as the MRC file OUTPUT (voxel size and origin set), block by block."""
     try:
-        export_mrc(store, output, overwrite=overwrite)
+        export_mrc(store, output, overwrite=overwrite, level=level)
     except _USER_ERRORS as error:
         _fail(error)
     click.echo(f"wrote {output}")
