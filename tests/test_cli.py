@@ -217,6 +217,58 @@ def test_kde_command_is_scipy_gaussian_kde_on_the_grid(tmp_path):
     assert np.abs(values - scipy_values).max() <= 1e-6 * peak + 1e-12 * scipy_values.max()
 
 
+def test_model_map_command_writes_the_api_map_and_an_mrc_placed_right(tmp_path):
+    pytest.importorskip("mrcfile")
+    import gzip
+
+    import gemmi
+    import mrcfile
+
+    from tests.test_models import _random_structure
+
+    structure = _random_structure(np.random.default_rng(4), 20, aniso=True)
+    path = tmp_path / "model.cif"
+    structure.make_mmcif_document().write_file(str(path))
+    zipped = tmp_path / "model.cif.gz"
+    zipped.write_bytes(gzip.compress(path.read_bytes()))
+    store = tmp_path / "model.zarr"
+    result, _ = _invoke("model-map", zipped, store, "--mode", "xray", "--resolution", "3",
+                        "--blur", "5", *SMALL_CLUSTER)  # fmt: skip
+    _succeeded(result)
+    grid = dg.model_grid(str(zipped), resolution=3)
+    assert dg.open_grid(str(store)) == grid
+    expected = dg.model_map(gemmi.read_structure(str(path)), grid, mode="xray", blur=5)
+    np.testing.assert_array_equal(_volume(store), expected.compute())
+    assert open_target(str(store)).record["unit"] == "angstrom"
+    mrc_path = tmp_path / "model.mrc"
+    exported, _ = _invoke("export", store, mrc_path)
+    _succeeded(exported)
+    with mrcfile.open(str(mrc_path)) as mrc:
+        assert float(mrc.voxel_size.x) == pytest.approx(grid.spacing[0])
+        assert float(mrc.header.origin.x) == pytest.approx(grid.origin[0])
+        np.testing.assert_array_equal(mrc.data.T, _volume(store))
+
+
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        (lambda folder: folder / "absent.pdb", ["absent.pdb", "no such file"]),
+        (lambda folder: _text(folder / "junk.pdb", "this is not a structure\n"), ["junk.pdb"]),
+    ],
+)
+def test_model_map_bad_files_are_one_line_and_no_store(tmp_path, make, words):
+    store = tmp_path / "never.zarr"
+    result, seconds = _invoke("model-map", make(tmp_path), store, "--resolution", "3")
+    assert seconds < 10  # refused before any cluster is started
+    _user_error(result, *words)
+    assert not store.exists()
+
+
+def _text(path, content: str):
+    path.write_text(content)
+    return path
+
+
 def test_version_and_help():
     result, _ = _invoke("--version")
     _succeeded(result)
