@@ -4,6 +4,7 @@ Run from the repository root:
 
     .venv/bin/python -m benchmarks.bench_models                    # 10^5 atoms, about a minute
     .venv/bin/python -m benchmarks.bench_models --atoms 1000000 --anisou 0.5
+    .venv/bin/python -m benchmarks.bench_models --atoms 1000000 --zarr /work/daskgauss-bench
 
 The model: one block of 500 atoms (C, N, O, S in protein proportions, B uniform in
 [10, 40] Å², occupancy 1, uniform in a 20 Å cube: 0.0625 atoms / Å³, about a protein
@@ -19,7 +20,10 @@ Timed (best of ``--repeats`` after one warm-up): gemmi's ``put_model_density_on_
 ``model_map(...)`` call alone (reading the atoms, binning); and
 ``model_map(...).compute()`` on dask's threaded scheduler with 1 and 2 threads, and the
 ``.compute()`` of a lazy array already made (the blocks alone). Reported: the ratios to
-gemmi and the largest difference relative to the peak.
+gemmi and the largest difference relative to the peak. With ``--zarr FOLDER`` the model
+is also written there as mmCIF and rendered as users do, ``daskgauss model-map FILE STORE
+--mode xray --spacing 1 --padding 5`` in a subprocess on its local cluster (molmap's grid
+around the atoms, not the cell): wall time and peak RSS of the process tree.
 """
 
 from __future__ import annotations
@@ -27,7 +31,11 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import shutil
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import dask
 import gemmi
@@ -114,6 +122,12 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=None, help="block side (default: dask's)")
     parser.add_argument("--cutoff", type=float, default=1e-5, help="gemmi's cutoff (e/Å³)")
     parser.add_argument("--tol", type=float, default=1e-6, help="model_map's tol")
+    parser.add_argument(
+        "--zarr",
+        type=Path,
+        default=None,
+        help="also render through the CLI into a store in this folder",
+    )
     options = parser.parse_args()
 
     started = time.perf_counter()
@@ -164,6 +178,31 @@ def main() -> None:
               f"array) {blocks:.3f} s")  # fmt: skip
     print(f"largest difference {difference:.2e} e/Å³ = {difference / peak:.1e} of the peak "
           f"({peak:.3f} e/Å³)")  # fmt: skip
+    if options.zarr is not None:
+        render_to_store(st, options.zarr)
+
+
+def render_to_store(st: gemmi.Structure, folder: Path) -> None:
+    """``daskgauss model-map`` of ``st`` (written as mmCIF) into a store: time, peak RSS."""
+    from benchmarks.bench_render import GIB, TreeMemory
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model, store = folder / "assembly.cif", folder / "assembly.zarr"
+    st.make_mmcif_document().write_file(str(model))
+    shutil.rmtree(store, ignore_errors=True)
+    command = [sys.executable, "-m", "daskgauss", "model-map", str(model), str(store), "--mode",
+               "xray", "--spacing", "1", "--padding", "5"]  # fmt: skip
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    with TreeMemory(process.pid) as memory:
+        output, errors = process.communicate()
+    seconds = time.perf_counter() - started
+    if process.returncode != 0:
+        raise RuntimeError(f"model-map failed: {errors}")
+    summary = output.strip().splitlines()[-1]
+    print(f"daskgauss model-map {model.name} (xray, 1 Å): {seconds:.1f} s, peak RSS of the "
+          f"process tree {memory.peak / GIB:.2f} GiB; {summary}")  # fmt: skip
+    shutil.rmtree(store, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import dask
 import numpy as np
 import pytest
@@ -42,3 +46,29 @@ def small_job(rng) -> dict:
         "weights": rng.uniform(0.5, 1.5, size=400),
         "chunks": (16, 16, 16),
     }
+
+
+def compiled_assembly(
+    setup: str, functions: str, cache: object
+) -> list[tuple[str, int, bool, bool]]:
+    """What numba compiles for ``functions`` (a Python expression naming them, after the
+    code ``setup`` has called them), freshly in a subprocess with its own cache folder
+    (numba cannot show code it loaded from its cache): per compiled signature, the
+    function's name, its assembly's length, whether it multiplies packed vectors, and
+    whether it fuses a multiply with an add (which would make the bits depend on the CPU).
+    """
+    script = (
+        setup
+        + f"""
+for function in ({functions}):
+    for assembly in function.inspect_asm().values():
+        print(function.__name__, len(assembly), "vmulp" in assembly,
+              any(op in assembly for op in ("vfmadd", "vfnmadd", "vfmsub", "vfnmsub")))
+"""
+    )
+    environment = {**os.environ, "NUMBA_CACHE_DIR": str(cache)}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            env=environment, check=True, timeout=300)  # fmt: skip
+    return [(name, int(length), vector == "True", fused == "True")
+            for name, length, vector, fused in (line.split() for line in
+                                                 result.stdout.splitlines())]  # fmt: skip

@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 import daskgauss as dg
 from daskgauss._binning import index_boxes
 from daskgauss._covariance_kernel import add_covariance_gaussians_to_block
+from tests.conftest import compiled_assembly
 
 GRID = dg.Grid(shape=(22, 19, 24), origin=(-3.0, 1.5, -7.25), spacing=(0.45, 0.6, 0.35))
 BLOCK_START = (5, 4, 7)
@@ -378,3 +379,25 @@ def test_any_small_case_meets_the_bound(seed, count, tol, max_ratio, dtype, shap
                              grid=grid)  # fmt: skip
     _assert_within_bound(block, reference, tol)
     assert reference[-1][0] <= updates <= reference[-1][1]
+
+
+def test_no_fused_multiply_add_in_the_covariance_kernel(tmp_path):
+    """Same bits on every CPU needs every multiply and add rounded on its own; the
+    exponentials are evaluated in a loop that multiplies packed vectors."""
+    setup = """
+import numpy as np
+from daskgauss import _covariance_kernel as ck
+for dtype in (np.float32, np.float64):
+    ck.add_covariance_gaussians_to_block(
+        np.zeros((4, 5, 20), dtype), np.zeros(3, np.int64), np.zeros(3), np.ones(3),
+        np.full((1, 3), 2.0), np.array([[2.0, 0.5, 0.1, 1.5, 0.2, 1.0]]), np.ones(1),
+        np.zeros((1, 3), np.int64), np.full((1, 3), 4, np.int64), 5.0, True)
+"""
+    lines = compiled_assembly(
+        setup, "ck.add_covariance_gaussians_to_block, ck._prepare, ck._values", tmp_path
+    )
+    names = {line[0] for line in lines}
+    assert {"add_covariance_gaussians_to_block", "_prepare", "_values"} <= names
+    assert all(line[1] > 0 for line in lines)
+    assert any(line[2] for line in lines if line[0] == "_values")
+    assert not [line for line in lines if line[3]]

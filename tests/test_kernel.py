@@ -9,9 +9,6 @@ Index ranges here come from an independent scan of the grid's samples.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -19,6 +16,7 @@ import pytest
 import daskgauss as dg
 from daskgauss._kernel import add_gaussians_to_block
 from tests import reference
+from tests.conftest import compiled_assembly
 
 GRID = dg.Grid(shape=(30, 28, 26), origin=(-3.0, 1.5, -7.25), spacing=(0.45, 0.6, 0.35))
 BLOCK_START = (7, 5, 9)
@@ -422,22 +420,19 @@ def test_no_fused_multiply_add_anywhere_in_the_kernel(tmp_path):
 
     Compiled afresh in a subprocess (numba cannot show code it loaded from its cache).
     """
-    script = """
+    setup = """
 from daskgauss import _kernel
 from daskgauss.preload import warm_up
 warm_up()
-for function in (_kernel.add_gaussians_to_block, _kernel._factors, _kernel._axis_factors,
-                 _kernel._kept_rows, _kernel._strip_entries, _kernel._clip_boxes):
-    for assembly in function.inspect_asm().values():
-        print(function.__name__, len(assembly), "vmulp" in assembly,
-              any(op in assembly for op in ("vfmadd", "vfnmadd", "vfmsub", "vfnmsub")))
 """
-    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=environment, check=True, timeout=300)  # fmt: skip
-    lines = [line.split() for line in result.stdout.splitlines()]
+    lines = compiled_assembly(
+        setup,
+        "_kernel.add_gaussians_to_block, _kernel._factors, _kernel._axis_factors, "
+        "_kernel._kept_rows, _kernel._strip_entries, _kernel._clip_boxes",
+        tmp_path,
+    )
     names = {line[0] for line in lines}
     assert {"add_gaussians_to_block", "_axis_factors", "_kept_rows"} <= names
-    assert all(int(line[1]) > 0 for line in lines)
-    assert any(line[2] == "True" for line in lines if line[0] == "add_gaussians_to_block")
-    assert not [line for line in lines if line[3] == "True"]
+    assert all(line[1] > 0 for line in lines)
+    assert any(line[2] for line in lines if line[0] == "add_gaussians_to_block")
+    assert not [line for line in lines if line[3]]

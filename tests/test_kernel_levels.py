@@ -16,9 +16,6 @@ Gaussians' count and ``M`` the box mean of ``sum |a_c| g_c``.
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -26,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskgauss._kernel import add_gaussians_to_block, add_level_gaussians_to_block
+from tests.conftest import compiled_assembly
 
 FINE_SHAPE = (37, 29, 45)
 ORIGIN = np.array([-3.1, 0.7, 12.25])
@@ -435,25 +433,22 @@ def test_no_fused_multiply_add_in_the_level_kernel(tmp_path):
     """Compiled afresh in a subprocess (numba cannot show code it loaded from its cache), for
     float64 blocks: the level factors do not depend on the block's type, and the strip loop
     both levels share is checked for both types through ``add_gaussians_to_block``."""
-    script = """
+    setup = """
 import numpy as np
 from daskgauss import _kernel
 boxes = np.zeros((1, 3), np.int64)
 _kernel.add_level_gaussians_to_block(
     np.zeros((2, 2, 2)), np.zeros(3, np.int64), np.zeros(3), np.ones(3), np.zeros((1, 3)),
     np.ones((1, 3)), np.ones(1), boxes, boxes + 1, np.full(3, 4, np.int64), 2, 13.8, 2, True)
-for function in (_kernel.add_level_gaussians_to_block, _kernel._level_axis,
-                 _kernel._level_boxes, _kernel._sweep_strips):
-    for assembly in function.inspect_asm().values():
-        print(function.__name__, len(assembly), "vmulp" in assembly,
-              any(op in assembly for op in ("vfmadd", "vfnmadd", "vfmsub", "vfnmsub")))
 """
-    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=environment, check=True, timeout=300)  # fmt: skip
-    lines = [line.split() for line in result.stdout.splitlines()]
+    lines = compiled_assembly(
+        setup,
+        "_kernel.add_level_gaussians_to_block, _kernel._level_axis, "
+        "_kernel._level_boxes, _kernel._sweep_strips",
+        tmp_path,
+    )
     names = {line[0] for line in lines}
     assert {"add_level_gaussians_to_block", "_level_axis", "_sweep_strips"} <= names
-    assert all(int(line[1]) > 0 for line in lines)
-    assert any(line[2] == "True" for line in lines if line[0] == "_sweep_strips")
-    assert not [line for line in lines if line[3] == "True"]
+    assert all(line[1] > 0 for line in lines)
+    assert any(line[2] for line in lines if line[0] == "_sweep_strips")
+    assert not [line for line in lines if line[3]]

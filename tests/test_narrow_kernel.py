@@ -9,9 +9,6 @@ the same number of voxel updates; and rendering each block's sources in
 from __future__ import annotations
 
 import math
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -24,6 +21,7 @@ from daskgauss._gaussians import prepare_gaussians
 from daskgauss._kernel import add_gaussians_to_block
 from daskgauss._narrow_kernel import add_narrow_gaussians_to_block
 from tests import reference
+from tests.conftest import compiled_assembly
 
 STRIPS = (1, 3, 16, 256)
 BINS = np.array(BIN_SHAPE, dtype=np.int64)
@@ -390,7 +388,7 @@ def test_no_fused_multiply_add_in_the_narrow_kernel(tmp_path):
     Compiled afresh in a subprocess (numba cannot show code it loaded from its cache),
     for both block dtypes.
     """
-    script = """
+    setup = """
 import numpy as np
 from daskgauss import _narrow_kernel as nk
 for dtype in (np.float32, np.float64):
@@ -398,23 +396,20 @@ for dtype in (np.float32, np.float64):
     nk.add_narrow_gaussians_to_block(block, np.zeros(3, np.int64), np.zeros(3), np.ones(3),
         np.full((2, 3), 2.0), np.ones((2, 3)), np.ones(2), np.zeros((2, 3), np.int64),
         np.full((2, 3), 4, np.int64), 5.0, True)
-for function in (nk.add_narrow_gaussians_to_block, nk._evaluate, nk._evaluate_unscaled,
-                 nk._add_scanned_rows):
-    for assembly in function.inspect_asm().values():
-        print(function.__name__, len(assembly), "vmulp" in assembly,
-              any(op in assembly for op in ("vfmadd", "vfnmadd", "vfmsub", "vfnmsub")))
 """
-    environment = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            env=environment, check=True, timeout=300)  # fmt: skip
-    lines = [line.split() for line in result.stdout.splitlines()]
+    lines = compiled_assembly(
+        setup,
+        "nk.add_narrow_gaussians_to_block, nk._evaluate, nk._evaluate_unscaled, "
+        "nk._add_scanned_rows",
+        tmp_path,
+    )
     names = {line[0] for line in lines}
     assert {"add_narrow_gaussians_to_block", "_evaluate", "_evaluate_unscaled"} <= names
     assert len([line for line in lines if line[0] == "add_narrow_gaussians_to_block"]) == 2
-    assert all(int(line[1]) > 0 for line in lines)
+    assert all(line[1] > 0 for line in lines)
     # Vectorised: the row updates and the factor loops multiply packed vectors.
-    assert all(line[2] == "True" for line in lines)
-    assert not [line for line in lines if line[3] == "True"]
+    assert all(line[2] for line in lines)
+    assert not [line for line in lines if line[3]]
 
 
 def _boxes(count: int, width: int) -> tuple[np.ndarray, np.ndarray]:
