@@ -261,3 +261,22 @@ def test_levels_of_chunked_centres_are_the_same_bits(rng, tmp_path):
                                chunks=6)  # fmt: skip
         np.testing.assert_array_equal(zarr.open_array(store, path=str(level))[...], expected)
         np.testing.assert_array_equal(lazy.compute(), expected)
+
+
+def test_levels_reopen_as_dataarrays_on_their_grids(rng, tmp_path):
+    pytest.importorskip("xarray")
+    grid = dg.Grid(shape=(30, 21, 17), origin=(-3.0, 1.0, 0.5), spacing=(0.4, 0.5, 0.6))
+    centres = rng.uniform(-3, 9, size=(15, 3))
+    store = str(tmp_path / "xr.zarr")
+    dg.render_to_zarr(store, centres, 0.9, grid, chunks=8, levels=2)
+    for level in range(3):
+        level_grid = dg.open_grid(store, level=level)
+        expected = grid.level(level)
+        assert level_grid.shape == expected.shape
+        np.testing.assert_allclose(level_grid.spacing, expected.spacing, rtol=1e-15)
+        np.testing.assert_allclose(level_grid.origin, expected.origin, rtol=1e-15)
+        array = dg.open_dataarray(store, level=level)
+        np.testing.assert_allclose(array.coords["x"].values, expected.axes[0], rtol=1e-14)
+        np.testing.assert_array_equal(
+            array.values, dg.gaussian_sum(centres, 0.9, grid, level=level).compute()
+        )
