@@ -325,20 +325,23 @@ def spatial_order(
 
 
 @numba.njit(nogil=True, cache=True)
-def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplitude, period,
-                     periodic, keep_keys):  # fmt: skip
-    """Every pair's position (images shifted), sigma and amplitude, each block's run in
-    the stable order of its ``keys``; sigma and amplitude stay one row where shared.
-
-    ``sigma`` may carry more columns (the covariances after the sigmas): all are kept.
+def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, covariance, amplitude,
+                     period, periodic, keep_keys):  # fmt: skip
+    """Every pair's position (images shifted), sigma, covariance and amplitude, each
+    block's run in the stable order of its ``keys``; sigma, covariance and amplitude stay
+    one row where shared. ``covariance`` of no rows (axis-aligned Gaussians) stays empty.
     """
     pairs = rows.shape[0]
     out_keys = np.empty(pairs if keep_keys else 0, keys.dtype)
     out_positions = np.empty((pairs, 3))
-    out_sigma = np.empty((pairs if sigma.shape[0] != 1 else 1, sigma.shape[1]))
+    out_sigma = np.empty((pairs if sigma.shape[0] != 1 else 1, 3))
+    covariances = covariance.shape[0]
+    out_covariance = np.empty((pairs if covariances > 1 else covariances, 6))
     out_amplitude = np.empty(pairs if amplitude.shape[0] != 1 else 1)
     if sigma.shape[0] == 1:
         out_sigma[0] = sigma[0]
+    if covariances == 1:
+        out_covariance[0] = covariance[0]
     if amplitude.shape[0] == 1:
         out_amplitude[0] = amplitude[0]
     # Pairs are read in the order they were filled (each block's run in ascending
@@ -363,11 +366,14 @@ def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, amplit
                     elif shifts[d] == -1:
                         out_positions[out, d] = positions[c, d] - period[d]
             if sigma.shape[0] != 1:
-                for d in range(sigma.shape[1]):
+                for d in range(3):
                     out_sigma[out, d] = sigma[c, d]
+            if covariances > 1:
+                for d in range(6):
+                    out_covariance[out, d] = covariance[c, d]
             if amplitude.shape[0] != 1:
                 out_amplitude[out] = amplitude[c]
-    return out_positions, out_sigma, out_amplitude, out_keys
+    return out_positions, out_sigma, out_covariance, out_amplitude, out_keys
 
 
 @dataclass(frozen=True, eq=False)
@@ -570,17 +576,11 @@ def bin_gaussians(
     bins = np.prod([-(-n // b) for n, b in zip(grid.level(level).shape, BIN_SHAPE, strict=True)])
     keys = np.empty(pairs, np.int32 if bins < 2**31 else np.int64)
     _pairs(*arguments, True, block_offsets[:-1].copy(), rows, images, keys)
-    # Covariances travel as extra columns after the sigmas (both per centre or both shared).
-    shapes = gaussians.sigma
-    if gaussians.covariance is not None:
-        shapes = np.concatenate([gaussians.sigma, gaussians.covariance], axis=1)
-    positions, shapes, amplitude, keys = _ordered_sources(
-        block_offsets, rows, images, keys, positions, shapes, gaussians.amplitude,
-        period, bool(periodic), keep_keys)  # fmt: skip
-    sigma, covariance = shapes, None
-    if gaussians.covariance is not None:
-        sigma, covariance = (np.ascontiguousarray(shapes[:, :3]),
-                             np.ascontiguousarray(shapes[:, 3:]))  # fmt: skip
+    covariance = gaussians.covariance
+    positions, sigma, covariance_rows, amplitude, keys = _ordered_sources(
+        block_offsets, rows, images, keys, positions, gaussians.sigma,
+        np.empty((0, 6)) if covariance is None else covariance, gaussians.amplitude, period,
+        bool(periodic), keep_keys)  # fmt: skip
     return Binning(
         grid=grid,
         chunks=chunks,
@@ -590,7 +590,7 @@ def bin_gaussians(
         sigma=sigma,
         amplitude=amplitude,
         keys=keys if keep_keys else None,
-        covariance=covariance,
+        covariance=None if covariance is None else covariance_rows,
         level=level,
     )
 
