@@ -78,6 +78,22 @@ def covariance_covering_count(axes, centres, covariance, tol, period=None):
     return covering_count(axes, centres, sigma, tol, period)
 
 
+def support_ranges(axes, positions, sigma, tol):
+    """Inclusive sample index range of each support box on each axis, by scanning the
+    samples (independent of the binning's arithmetic); empty where low > high."""
+    sigma = np.broadcast_to(sigma, np.shape(positions))
+    radius = sigma * math.sqrt(2 * math.log(1 / tol))
+    count = len(positions)
+    low = np.zeros((count, 3), dtype=np.int64)
+    high = np.full((count, 3), -1, dtype=np.int64)
+    for c in range(count):
+        for d in range(3):
+            hits = np.flatnonzero(np.abs(axes[d] - positions[c, d]) <= radius[c, d])
+            if hits.size:
+                low[c, d], high[c, d] = hits[0], hits[-1]
+    return low, high
+
+
 def lattice_sum(axes, centres, sigma, amplitude, period, images=2):
     """The full periodic sum over lattice images within ``images`` periods, float64."""
     shape = tuple(len(a) for a in axes)

@@ -26,20 +26,6 @@ BLOCK_SHAPE = (13, 11, 15)
 # ---------------------------------------------------------------- independent helpers
 
 
-def _index_ranges(axes, positions, sigma, tol):
-    """Inclusive global sample ranges of each support box on the grid; empty: low > high."""
-    radius = sigma * math.sqrt(2 * math.log(1 / tol))
-    count = len(positions)
-    low = np.zeros((count, 3), dtype=np.int64)
-    high = np.full((count, 3), -1, dtype=np.int64)
-    for c in range(count):
-        for d in range(3):
-            hits = np.flatnonzero(np.abs(axes[d] - positions[c, d]) <= radius[c, d])
-            if hits.size:
-                low[c, d], high[c, d] = hits[0], hits[-1]
-    return low, high
-
-
 def _block_axes(grid, start, shape):
     return [grid.axes[d][start[d] : start[d] + shape[d]] for d in range(3)]
 
@@ -73,7 +59,9 @@ def _run(
     """Call the kernel on a fresh (or given) block; return the block and the update count."""
     if block is None:
         block = np.zeros(shape, dtype=dtype)
-    low, high = ranges if ranges is not None else _index_ranges(grid.axes, positions, sigma, tol)
+    low, high = (
+        ranges if ranges is not None else reference.support_ranges(grid.axes, positions, sigma, tol)
+    )
     updates = add_gaussians_to_block(
         block,
         np.asarray(start, dtype=np.int64),
@@ -163,7 +151,7 @@ def test_block_equals_the_kept_voxels_to_rounding(dtype):
     """Exactly the voxels in the box with x-y exponent <= ln(1/tol) are touched."""
     tol = 1e-3
     positions, sigma, amplitude = _problem(2, count=30)
-    low, high = _index_ranges(GRID.axes, positions, sigma, tol)
+    low, high = reference.support_ranges(GRID.axes, positions, sigma, tol)
     block, _ = _run(positions, sigma, amplitude, tol, dtype=dtype, ranges=(low, high))
     axes = _block_axes(GRID, BLOCK_START, BLOCK_SHAPE)
     expected, magnitude, count = _masked_reference(
@@ -180,7 +168,7 @@ def test_single_gaussian_touches_exactly_the_kept_voxels():
     tol = 1e-4
     positions = np.array([[GRID.axes[0][12] + 0.1, GRID.axes[1][9], GRID.axes[2][15] - 0.05]])
     sigma = np.array([[1.1, 0.8, 0.9]])
-    low, high = _index_ranges(GRID.axes, positions, sigma, tol)
+    low, high = reference.support_ranges(GRID.axes, positions, sigma, tol)
     block, updates = _run(positions, sigma, np.array([2.5]), tol, ranges=(low, high))
     axes = _block_axes(GRID, BLOCK_START, BLOCK_SHAPE)
     rows, inside_z, _ = _kept(axes, positions, sigma, low, high, BLOCK_START, tol)[0]
@@ -218,7 +206,7 @@ def test_peak_on_a_sample_is_the_amplitude_exactly():
 @pytest.mark.parametrize("seed", [3, 4])
 def test_update_count_matches_independent_count(seed, tol):
     positions, sigma, amplitude = _problem(seed)
-    low, high = _index_ranges(GRID.axes, positions, sigma, tol)
+    low, high = reference.support_ranges(GRID.axes, positions, sigma, tol)
     _, updates = _run(positions, sigma, amplitude, tol, ranges=(low, high))
     axes = _block_axes(GRID, BLOCK_START, BLOCK_SHAPE)
     expected = _expected_updates(axes, positions, sigma, low, high, BLOCK_START, tol)
@@ -251,7 +239,7 @@ def test_kernel_adds_into_existing_block_contents_float64():
     block, updates = _run(positions, sigma, amplitude, tol, block=prefill.copy())
     _, fresh_updates = _run(positions, sigma, amplitude, tol)
     assert updates == fresh_updates
-    low, high = _index_ranges(GRID.axes, positions, sigma, tol)
+    low, high = reference.support_ranges(GRID.axes, positions, sigma, tol)
     axes = _block_axes(GRID, BLOCK_START, BLOCK_SHAPE)
     expected, magnitude, count = _masked_reference(
         axes, positions, sigma, amplitude, low, high, BLOCK_START, tol
@@ -273,7 +261,7 @@ def test_kernel_adds_to_a_constant(dtype):
     )
     fresh, _ = _run(positions, sigma, amplitude, tol, dtype=dtype)
     eps = np.finfo(dtype).eps
-    low, high = _index_ranges(GRID.axes, positions, sigma, tol)
+    low, high = reference.support_ranges(GRID.axes, positions, sigma, tol)
     axes = _block_axes(GRID, BLOCK_START, BLOCK_SHAPE)
     _, magnitude, count = _masked_reference(
         axes, positions, sigma, amplitude, low, high, BLOCK_START, tol
@@ -362,7 +350,7 @@ def test_blocks_at_any_start_assemble_to_the_whole_grid_bit_for_bit(dtype):
 def test_centre_whose_range_misses_the_block_contributes_nothing():
     tol = 1e-6
     positions, sigma, amplitude = _problem(10, count=20)
-    low, high = _index_ranges(GRID.axes, positions, sigma, tol)
+    low, high = reference.support_ranges(GRID.axes, positions, sigma, tol)
     # Three more Gaussians whose index ranges miss the block on one axis each (before,
     # after, and an empty range), though their positions sit in the block's middle.
     middle = [GRID.axes[d][BLOCK_START[d] + BLOCK_SHAPE[d] // 2] for d in range(3)]
@@ -390,7 +378,7 @@ def test_only_gaussians_out_of_range_leave_the_block_untouched():
     prefill = rng.uniform(-1, 1, size=BLOCK_SHAPE)
     # The block spans x 0.15..5.55, y 4.5..10.5, z -4.1..0.8; r = 5.26.
     positions = np.array([[-5.85, 7.0, -2.0], [100.0, 5.0, 0.0], [3.0, 7.0, 6.8]])
-    low, high = _index_ranges(GRID.axes, positions, np.ones((3, 3)), 1e-6)
+    low, high = reference.support_ranges(GRID.axes, positions, np.ones((3, 3)), 1e-6)
     assert low[0, 0] <= high[0, 0] < BLOCK_START[0]  # reaches the grid, not the block
     block, updates = _run(
         positions, np.ones((3, 3)), np.array([1.0, 2.0, 3.0]), 1e-6, block=prefill.copy()

@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from daskgauss._kernel import add_gaussians_to_block, add_level_gaussians_to_block
+from tests import reference
 from tests.conftest import compiled_assembly
 
 FINE_SHAPE = (37, 29, 45)
@@ -54,18 +55,7 @@ def _problem(seed, count=30, *, shared=False, fine_shape=FINE_SHAPE):
 
 def _support(positions, sigma, tol, fine_shape):
     """Inclusive level-0 support boxes on the grid by scanning its samples; empty: low > high."""
-    axes = _axes(fine_shape)
-    sigma = np.broadcast_to(sigma, positions.shape)
-    radius = sigma * math.sqrt(2 * math.log(1 / tol))
-    count = len(positions)
-    low = np.zeros((count, 3), dtype=np.int64)
-    high = np.full((count, 3), -1, dtype=np.int64)
-    for c in range(count):
-        for d in range(3):
-            hits = np.flatnonzero(np.abs(axes[d] - positions[c, d]) <= radius[c, d])
-            if hits.size:
-                low[c, d], high[c, d] = hits[0], hits[-1]
-    return low, high
+    return reference.support_ranges(_axes(fine_shape), positions, sigma, tol)
 
 
 def _render(m, positions, sigma, amplitude, boxes, tol, *, dtype=np.float64,
