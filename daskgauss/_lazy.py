@@ -130,7 +130,11 @@ def gaussian_sum(
     where the second term is float rounding: ``K(x)`` Gaussians are summed at
     ``x`` and ``eps`` is the unit roundoff of ``dtype`` (6e-8 in float32, 1.1e-16
     in float64). With covariances, ``6 ln(1/tol)`` becomes ``6 kappa ln(1/tol)``,
-    ``kappa`` the largest condition number of a covariance. With ``periodic=True``
+    ``kappa`` the largest condition number of a covariance. The rounding term assumes
+    coordinates of the order of the grid's own extent from the origin: sample
+    coordinates and centres are rounded to ``eps`` of their magnitude, so far from the
+    origin (``|x| >> sigma``) add up to about ``2 sqrt(2 ln(1/tol)) (max|x| / sigma_min)
+    eps sum_i |a_i| g_i(x)``; place the origin near the data. With ``periodic=True``
     the same bound holds against the minimum-image sum (each Gaussian at its nearest
     periodic image on each axis);
     the full lattice sum differs from that by at most
