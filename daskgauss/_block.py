@@ -89,8 +89,13 @@ def render_block(
         return out
     if out is None:
         out = np.empty(block_shape, dtype=dtype)
+    # A block whose covariances are all diagonal takes the axis-aligned kernels: the
+    # same bits as the sigmas they hold (the choice depends on the block's sources
+    # only, so it is the same however the centres arrive).
+    full_covariance = (sources.covariance is not None
+                       and not diagonal_rows(sources.covariance).all())  # fmt: skip
     if level:
-        if sources.covariance is not None and not diagonal_rows(sources.covariance).all():
+        if full_covariance:
             raise ValueError("pyramid levels need Gaussians aligned with the axes")
         add_level_gaussians_to_block(
             out, np.asarray(block_start, dtype=np.int64), np.array(grid.origin),
@@ -99,10 +104,7 @@ def render_block(
             2**level, math.log(1.0 / tol), strip_rows(block_shape[2], out.dtype.itemsize), True,
         )  # fmt: skip
         return out
-    # A block whose covariances are all diagonal takes the axis-aligned kernels: the
-    # same bits as the sigmas they hold (the choice depends on the block's sources
-    # only, so it is the same however the centres arrive).
-    if sources.covariance is not None and not diagonal_rows(sources.covariance).all():
+    if full_covariance:
         add_covariance_gaussians_to_block(
             out, np.asarray(block_start, dtype=np.int64), np.array(grid.origin),
             np.array(grid.spacing), sources.positions, sources.covariance, sources.amplitude,

@@ -200,9 +200,8 @@ class ChunkSummary:
     sigma_sum: float
     amplitude_min: float
     amplitude_max: float
-    pairs: np.ndarray
-    # Pairs per block of each further pyramid level asked for, in the order asked.
-    level_pairs: tuple[np.ndarray, ...] = ()
+    # Pairs per block of the chunk's settings' level, then of each further level asked for.
+    pairs: tuple[np.ndarray, ...]
 
 
 def _count_pairs(gaussians: Gaussians, settings: ChunkSettings) -> np.ndarray:
@@ -232,8 +231,7 @@ def _summarise(centres, sigma, covariance, weights, first_row: int, settings: Ch
         sigma_sum=float(sigma_values.sum()),
         amplitude_min=math.inf if empty else float(amplitude.min()),
         amplitude_max=-math.inf if empty else float(amplitude.max()),
-        pairs=_count_pairs(gaussians, settings),
-        level_pairs=tuple(_count_pairs(gaussians, level) for level in levels),
+        pairs=tuple(_count_pairs(gaussians, level) for level in (settings, *levels)),
     )
 
 

@@ -12,7 +12,7 @@ import fsspec
 import numpy as np
 
 from ._extras import require
-from ._store import Target, open_target
+from ._store import Target, level_targets, open_target
 
 __all__ = [
     "angstroms_per_unit",
@@ -47,7 +47,8 @@ def angstroms_per_unit(unit: str | None) -> float:
 
 def store_summary(location: str) -> dict[str, Any]:
     """What is in a store: geometry, the job, how many blocks are done, its runs."""
-    target = open_target(location)
+    targets = level_targets(location)
+    target = targets[0]
     filesystem, path = fsspec.core.url_to_fs(str(location))
     try:
         size = filesystem.du(path, total=True)
@@ -55,11 +56,10 @@ def store_summary(location: str) -> dict[str, Any]:
         size = None
     job = target.record
     levels = []
-    for level in range(target.levels + 1):
-        level_target = open_target(location, level)
+    for level_target in targets:
         level_done = level_target.done_mask()
         levels.append({
-            "level": level,
+            "level": level_target.level,
             "shape": list(level_target.data.shape),
             "spacing": list(level_target.grid.spacing),
             "origin": list(level_target.grid.origin),

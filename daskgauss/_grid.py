@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["Grid"]
+__all__ = ["Grid", "checked_level"]
 
 
 def _three(value: float | Sequence[float] | np.ndarray, name: str) -> tuple[float, float, float]:
@@ -43,6 +43,14 @@ def _shape(value: int | Sequence[int] | np.ndarray) -> tuple[int, int, int]:
     if any(n < 1 for n in shape):
         raise ValueError(f"shape must have at least one sample on every axis, got {shape}")
     return shape  # type: ignore[return-value]
+
+
+def checked_level(level: object, name: str = "level") -> int:
+    """A pyramid level (or count of levels, named ``name`` in the message) as an int,
+    if it is a non-negative integer."""
+    if isinstance(level, bool) or not isinstance(level, int | np.integer) or level < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {level!r}")
+    return int(level)
 
 
 @dataclass(frozen=True)
@@ -161,8 +169,7 @@ class Grid:
         the far edge averages fewer samples, but sits on the same regular lattice).
         Level 0 is this grid.
         """
-        if isinstance(level, bool) or not isinstance(level, int | np.integer) or level < 0:
-            raise ValueError(f"level must be a non-negative integer, got {level!r}")
+        level = checked_level(level)
         if level == 0:
             return self
         factor = 2 ** int(level)

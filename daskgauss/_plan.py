@@ -41,7 +41,7 @@ from ._gaussians import (
     checked_tol,
     prepare_gaussians,
 )
-from ._grid import Grid
+from ._grid import Grid, checked_level
 from ._job import Chunks, JobSpec
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "Request",
     "block_chunks",
     "check_lazy_blocks",
-    "check_level",
     "check_pyramid",
     "default_block_shape",
     "output_dtype",
@@ -211,13 +210,6 @@ def check_lazy_blocks(chunks: Chunks, shape: tuple[int, int, int]) -> None:
         )
 
 
-def check_level(level: object, name: str = "level") -> int:
-    """``level`` as an int, if it is a non-negative integer."""
-    if isinstance(level, bool) or not isinstance(level, int | np.integer) or level < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {level!r}")
-    return int(level)
-
-
 def check_pyramid(covariance: object) -> None:
     """Refuse pyramid levels for full covariances (``covariance`` not None): a box mean of
     a Gaussian that is not separable is not a product of 1D means."""
@@ -245,7 +237,7 @@ def plan(request: Request, *, lazy: bool = False, level: int = 0) -> Plan:
     """
     grid = request.grid
     periodic = _check_grid_and_periodic(request)
-    level = check_level(level)
+    level = checked_level(level)
     gaussians = prepare_gaussians(
         request.centres,
         request.sigma,
@@ -319,7 +311,7 @@ def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = Fals
     if request.normalize not in NORMALIZATIONS:
         raise ValueError(f"normalize must be one of {NORMALIZATIONS}, got {request.normalize!r}")
     tol = checked_tol(request.tol)
-    level = check_level(level)
+    level = checked_level(level)
     if level:
         check_pyramid(request.covariance)
     dtype = output_dtype(request.dtype)

@@ -18,14 +18,13 @@ from ._binning import Binning, BlockSources, bin_gaussians
 from ._block import render_block
 from ._chunked import ChunkSettings, Piece, block_tasks, fingerprint, is_chunked, merge, summaries
 from ._cluster import SchedulerLostError, active_client
-from ._grid import Grid
+from ._grid import Grid, checked_level
 from ._job import Chunks, JobSpec, is_regular, regular_chunks
 from ._lock import holding_lock
 from ._plan import (
     ChunkedPlan,
     Plan,
     Request,
-    check_level,
     check_pyramid,
     plan,
     plan_chunked,
@@ -253,14 +252,14 @@ class RenderJob:
 
     def _run(self, progress: bool) -> RenderReport:
         started = time.perf_counter()
-        create_target(self.store, spec=self.spec, overwrite=self.overwrite)
+        level_zero = create_target(self.store, spec=self.spec, overwrite=self.overwrite)
         # Later runs of the same object resume rather than overwrite.
         resumed, self.resume, self.overwrite = self.resume, True, False
         blocks = already_done = empty = rendered = 0
         for work in self.levels:
             # Level by level, coarsest first: each is complete, and readable, before
             # the next one starts.
-            target = open_target(self.store, work.level)
+            target = open_target(self.store, work.level) if work.level else level_zero
             done = target.done_mask()
             if target.block_pairs() is None:
                 target.write_block_pairs(work.pairs)
@@ -280,9 +279,8 @@ class RenderJob:
             seconds=time.perf_counter() - started,
             resumed=resumed,
         )
-        target = open_target(self.store)
-        _record_run(target, report, self.source)
-        self.data = target.data
+        _record_run(level_zero, report, self.source)
+        self.data = level_zero.data
         return report
 
 
@@ -294,13 +292,11 @@ def _chunked_spec(job: ChunkedPlan, levels: tuple[ChunkSettings, ...]
     parts = _execute(summaries(job.inputs, job.settings, levels), progress=False)
     settings = job.settings
     count = sum(part.count for part in parts)
-
-    def total(pairs: list[np.ndarray], level: ChunkSettings) -> np.ndarray:
-        return np.sum(pairs, axis=0).reshape(tuple(len(sizes) for sizes in level.chunks))
-
-    pairs = [total([part.pairs for part in parts], settings)]
-    pairs += [total([part.level_pairs[number] for part in parts], level)
-              for number, level in enumerate(levels)]  # fmt: skip
+    pairs = [
+        np.sum([part.pairs[number] for part in parts], axis=0).reshape(
+            tuple(len(sizes) for sizes in level.chunks))
+        for number, level in enumerate((settings, *levels))
+    ]  # fmt: skip
     spec = JobSpec(
         grid=settings.grid,
         fingerprint=fingerprint(parts),
@@ -393,7 +389,7 @@ def pyramid_levels(levels: int | str | None, grid: Grid) -> int:
     if levels == "auto":
         return grid.auto_levels()
     try:
-        return check_level(levels, "levels")
+        return checked_level(levels, "levels")
     except ValueError:
         raise ValueError(
             f"levels must be None, 'auto' or a non-negative integer, got {levels!r}"

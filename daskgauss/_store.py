@@ -55,6 +55,7 @@ __all__ = [
     "check_unit",
     "compressors_for",
     "create_target",
+    "level_targets",
     "location_exists",
     "open_target",
     "recorded_job",
@@ -362,7 +363,7 @@ class Target:
         raise StoreVanishedError(f"{self.location} was deleted while it was being rendered")
 
     def _remove_block(self, block_index: Sequence[int]) -> None:
-        root = fsspec.core.url_to_fs(self.location)[1].rstrip("/")
+        root = self._root
         key = "/".join(str(i) for i in block_index)
         for array in (str(self.level), level_path(DONE_PATH, self.level)):
             chunk = f"{root}/{array}/c/{key}"
@@ -388,8 +389,13 @@ class Target:
         return "file" in (protocols if isinstance(protocols, tuple) else (protocols,))
 
     @functools.cached_property
+    def _root(self) -> str:
+        """The store's path on its filesystem."""
+        return fsspec.core.url_to_fs(self.location)[1].rstrip("/")
+
+    @functools.cached_property
     def _metadata(self) -> str:
-        return f"{fsspec.core.url_to_fs(self.location)[1].rstrip('/')}/zarr.json"
+        return f"{self._root}/zarr.json"
 
     def sources_complete(self) -> bool:
         """Whether the sidecar was written to the end."""
@@ -478,6 +484,13 @@ def open_target(location: str, level: int = 0) -> Target:
         return _target_from_group(location, group, level)
     except KeyError as error:
         raise StoreMismatchError(f"{location} is an incomplete daskgauss store: {error}") from None
+
+
+def level_targets(location: str) -> list[Target]:
+    """The store opened at each of its pyramid levels, level 0 first (see
+    :func:`open_target` for the errors)."""
+    first = open_target(location)
+    return [first, *(open_target(location, level) for level in range(1, first.levels + 1))]
 
 
 @functools.lru_cache(maxsize=16)

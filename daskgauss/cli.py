@@ -26,7 +26,7 @@ from ._kde import kde_bandwidth, kde_grid
 from ._models import model_gaussians, model_grid
 from ._plan import Request
 from ._render import prepare_render
-from ._store import SPACE_UNITS, StoreVanishedError, open_target
+from ._store import SPACE_UNITS, StoreVanishedError, level_targets
 
 __all__ = ["main"]
 
@@ -318,6 +318,8 @@ def render(
     tol: float,
     normalize: str,
     periodic: bool,
+    chunks: Any,
+    dtype: str,
     **options: Any,
 ) -> None:
     """Render the Gaussians centred at CENTRES into the Zarr store STORE.
@@ -357,8 +359,8 @@ def render(
             normalize=normalize,
             tol=tol,
             periodic=periodic,
-            chunks=options["chunks"],
-            dtype=options["dtype"],
+            chunks=chunks,
+            dtype=dtype,
             covariance=shared_covariance if covariance is not None else data.covariance,
         ), data.source  # fmt: skip
 
@@ -400,6 +402,8 @@ def kde(
     bw: str,
     padding: float,
     tol: float,
+    chunks: Any,
+    dtype: str,
     **options: Any,
 ) -> None:
     """The kernel density estimate of POINTS on a grid, into the Zarr store STORE.
@@ -433,7 +437,7 @@ def kde(
                    f"effective {bandwidth.neff:.6g}")  # fmt: skip
         return Request(data.centres, None, grid, covariance=bandwidth.covariance,
                        weights=bandwidth.weights, normalize="density", tol=tol,
-                       chunks=options["chunks"], dtype=options["dtype"]), data.source  # fmt: skip
+                       chunks=chunks, dtype=dtype), data.source  # fmt: skip
 
     _render_job(store, request, **options)
 
@@ -479,6 +483,8 @@ def model_map(
     no_hydrogens: bool,
     no_waters: bool,
     tol: float,
+    chunks: Any,
+    dtype: str,
     **options: Any,
 ) -> None:
     """The density map of the atomic model MODEL (PDB or mmCIF, gzipped or not) into STORE.
@@ -493,8 +499,8 @@ def model_map(
         gaussians = model_gaussians(model, grid, mode=mode, resolution=resolution, blur=blur,
                                     hydrogens=not no_hydrogens, waters=not no_waters)  # fmt: skip
         return Request(gaussians.centres, gaussians.sigma, grid, weights=gaussians.weights,
-                       normalize="density", tol=tol, chunks=options["chunks"],
-                       dtype=options["dtype"], covariance=gaussians.covariance,
+                       normalize="density", tol=tol, chunks=chunks,
+                       dtype=dtype, covariance=gaussians.covariance,
                        ), gaussians.source  # fmt: skip
 
     options["unit"] = options["unit"] or "angstrom"
@@ -523,8 +529,6 @@ def _render_job(
     store: str,
     request: Callable[[], tuple[Request, str]],
     *,
-    chunks: Any,
-    dtype: str,
     unit: str | None,
     compression: str | None,
     overwrite: bool,
@@ -594,7 +598,7 @@ def _render_job(
     seconds = time.perf_counter() - started
     voxels = float(np.prod(grid.shape))
     click.echo(
-        f"wrote {store}: shape {grid.shape} {dtype}, {report.blocks} blocks "
+        f"wrote {store}: shape {grid.shape} {job_request.dtype}, {report.blocks} blocks "
         f"({report.rendered} rendered, {report.empty} empty, {report.already_done} already done) "
         f"in {seconds:.1f} s, {_rate(voxels, seconds)}"
     )
@@ -613,8 +617,7 @@ def _quiet_distributed() -> None:
 def _progress(store: str) -> str:
     """How far a render got (all levels), for the message after it stopped."""
     try:
-        levels = open_target(store).levels
-        masks = [open_target(store, level).done_mask() for level in range(levels + 1)]
+        masks = [target.done_mask() for target in level_targets(store)]
     except (*_USER_ERRORS, OSError, KeyError):
         return "before any block was written"
     done, blocks = sum(int(mask.sum()) for mask in masks), sum(mask.size for mask in masks)
