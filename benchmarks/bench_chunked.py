@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-GIB = 2**30
+from benchmarks.measure import GIB, run_measured
+
 SIGMA = 3.5 / np.sqrt(2 * np.log(1e6))
 
 
@@ -79,8 +80,6 @@ def cost(scratch: Path) -> None:
 def big(scratch: Path) -> None:
     import psutil
 
-    from benchmarks.bench_render import TreeMemory
-
     count, n = 10**8, 1024
     started = time.perf_counter()
     path = zarr_centres(scratch / "centres-1e8.zarr", count, n)
@@ -107,14 +106,7 @@ def big(scratch: Path) -> None:
         command = [sys.executable, "-m", "daskgauss", "render", str(path), str(store), "--shape",
                    str(n), "--origin", "0", "--spacing", "1", "--sigma", "1",
                    "--scheduler-file", str(scheduler_file)]  # fmt: skip
-        started = time.perf_counter()
-        render = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                  text=True)  # fmt: skip
-        with TreeMemory(render.pid) as memory:
-            output, errors = render.communicate()
-        seconds = time.perf_counter() - started
-        if render.returncode:
-            raise RuntimeError(f"render failed: {errors[-3000:]}")
+        seconds, output, memory = run_measured(command)
         worker_log = "".join((cluster / f"worker-{i}.log").read_text() for i in range(2))
         restarts = worker_log.count("Restarting worker") + worker_log.count("restart")
         print(f"10^8 centres at {n}^3 on 2 workers x 1 thread (4 GiB each): {seconds:.0f} s, "

@@ -22,13 +22,13 @@ import functools
 import math
 import os
 import platform
-import time
 
 import dask
 import numpy as np
 
 import daskgauss as dg
 from benchmarks.baselines import kdtree_slabs, meshgrid_loop
+from benchmarks.measure import best_of
 from daskgauss._block import strip_rows
 from daskgauss._kernel import add_gaussians_to_block
 from daskgauss._plan import Request, plan
@@ -46,15 +46,6 @@ def grid(n: int) -> dg.Grid:
     return dg.Grid.from_bounds(-50, 50, n)
 
 
-def best_of(function, repeats: int) -> tuple[float, object]:
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return min(times), result
-
-
 def ours(count: int, n: int, repeats: int | None = None) -> tuple[float, np.ndarray]:
     """Warm best-of timing; millisecond cases get more runs, as this VM's noise is largest there."""
     if repeats is None:
@@ -64,8 +55,7 @@ def ours(count: int, n: int, repeats: int | None = None) -> tuple[float, np.ndar
     def run():
         return dg.gaussian_sum(points, SIGMA, samples, weights=WEIGHT, tol=TOL).compute()
 
-    run()  # warm: compile the kernel, touch the allocator
-    return best_of(run, repeats)
+    return best_of(run, repeats)  # warm: compiles the kernel, touches the allocator
 
 
 def kdtree(count: int, n: int) -> tuple[float, np.ndarray, int]:
@@ -78,6 +68,7 @@ def kdtree(count: int, n: int) -> tuple[float, np.ndarray, int]:
                 centres(count), SIGMA, np.linspace(-50, 50, n), radius, slab
             ),
             1,
+            warm=False,
         )
         if best is None or seconds < best[0]:
             best = (seconds, volume, slab)
@@ -85,7 +76,9 @@ def kdtree(count: int, n: int) -> tuple[float, np.ndarray, int]:
 
 
 def loop(count: int, n: int) -> tuple[float, np.ndarray]:
-    return best_of(lambda: meshgrid_loop(centres(count), SIGMA, np.linspace(-50, 50, n)), 1)
+    return best_of(
+        lambda: meshgrid_loop(centres(count), SIGMA, np.linspace(-50, 50, n)), 1, warm=False
+    )
 
 
 def check(computed: np.ndarray, reference: np.ndarray, count: int, spherical: bool) -> float:
@@ -125,9 +118,8 @@ def kernel_rate(count: int, n: int) -> dict:
             sources.index_low, sources.index_high, math.log(1 / TOL),
             strip_rows(shape[2], buffer.itemsize), True,
         )  # fmt: skip
-        add_gaussians_to_block(*arguments)  # compiled on the first block
         render = functools.partial(add_gaussians_to_block, *arguments)
-        block_seconds, block_updates = best_of(render, 3)
+        block_seconds, block_updates = best_of(render, 3)  # warm: compiled on the first
         seconds += block_seconds
         updates += block_updates
         start = binning.block_start(index)

@@ -26,19 +26,10 @@ import time
 import numpy as np
 
 import daskgauss as dg
+from benchmarks.measure import best_of
 
 N = 256
 TOL = 1e-6
-
-
-def best_of(function, repeats: int = 3) -> tuple[float, object]:
-    function()
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return min(times), result
 
 
 def random_covariances(rng: np.random.Generator, count: int, smallest: float, largest: float

@@ -19,13 +19,13 @@ from __future__ import annotations
 import argparse
 import math
 import shutil
-import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
 
-from benchmarks.bench_render import GIB, LINSPACE, TreeMemory, write_centres
+from benchmarks.bench_render import LINSPACE, write_centres
+from benchmarks.measure import GIB, run_measured
 
 
 def _flags(store: Path, level: int) -> int:
@@ -63,15 +63,12 @@ def render(scratch: Path, n: int, levels: bool) -> dict:
                                                                      block))
               for level in range(count + 1)}  # fmt: skip
     watcher = threading.Thread(target=watch, args=(totals,), daemon=True)
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     watcher.start()
-    with TreeMemory(process.pid) as memory:
-        output, errors = process.communicate()
-    seconds = time.perf_counter() - started
-    stop.set()
-    watcher.join()
-    if process.returncode != 0:
-        raise RuntimeError(f"render failed: {errors}")
+    try:
+        seconds, output, memory = run_measured(command)
+    finally:
+        stop.set()
+        watcher.join()
     shutil.rmtree(store, ignore_errors=True)
     return {"seconds": seconds, "peak_gib": memory.peak / GIB, "complete": complete,
             "summary": output.strip().splitlines()[-1]}  # fmt: skip

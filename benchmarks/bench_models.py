@@ -32,7 +32,6 @@ import argparse
 import math
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -184,7 +183,7 @@ def main() -> None:
 
 def render_to_store(st: gemmi.Structure, folder: Path) -> None:
     """``daskgauss model-map`` of ``st`` (written as mmCIF) into a store: time, peak RSS."""
-    from benchmarks.bench_render import GIB, TreeMemory
+    from benchmarks.measure import GIB, run_measured
 
     folder.mkdir(parents=True, exist_ok=True)
     model, store = folder / "assembly.cif", folder / "assembly.zarr"
@@ -192,13 +191,7 @@ def render_to_store(st: gemmi.Structure, folder: Path) -> None:
     shutil.rmtree(store, ignore_errors=True)
     command = [sys.executable, "-m", "daskgauss", "model-map", str(model), str(store), "--mode",
                "xray", "--spacing", "1", "--padding", "5"]  # fmt: skip
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with TreeMemory(process.pid) as memory:
-        output, errors = process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise RuntimeError(f"model-map failed: {errors}")
+    seconds, output, memory = run_measured(command)
     summary = output.strip().splitlines()[-1]
     print(f"daskgauss model-map {model.name} (xray, 1 Å): {seconds:.1f} s, peak RSS of the "
           f"process tree {memory.peak / GIB:.2f} GiB; {summary}")  # fmt: skip

@@ -24,11 +24,11 @@ for _variable in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 import argparse  # noqa: E402
 import math  # noqa: E402
-import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import daskgauss as dg  # noqa: E402
+from benchmarks.measure import best_of  # noqa: E402
 from daskgauss._binning import BIN_SHAPE, spatial_order  # noqa: E402
 from daskgauss._block import strip_rows  # noqa: E402
 from daskgauss._kernel import add_gaussians_to_block  # noqa: E402
@@ -36,18 +36,7 @@ from daskgauss._narrow_kernel import add_narrow_gaussians_to_block  # noqa: E402
 
 N = 256
 TOL = 1e-6
-REPEATS = 3
 FINUFFT_SIGMA = 3.5 / math.sqrt(2 * math.log(1 / TOL))  # a 7-sample support, as FINUFFT's
-
-
-def best_of(function, repeats: int = REPEATS) -> tuple[float, object]:
-    function()  # warm: compiled, memory touched
-    times, result = [], None
-    for _ in range(repeats):
-        started = time.perf_counter()
-        result = function()
-        times.append(time.perf_counter() - started)
-    return min(times), result
 
 
 class Problem:

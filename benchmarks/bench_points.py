@@ -31,9 +31,10 @@ import math
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
+
+from benchmarks.measure import best_of
 
 TOL = 1e-6
 SIGMA = 3.5 / math.sqrt(2 * math.log(1 / TOL))
@@ -43,16 +44,6 @@ CASES = {6: (10**6, 256, 1), 7: (10**7, 512, 2)}  # log10 M: (M, n, threads)
 
 def centres(count: int, n: int) -> np.ndarray:
     return np.random.default_rng(count).uniform(0, n, size=(count, 3))
-
-
-def best_of(function, repeats: int = 3) -> float:
-    function()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
 
 
 def run_daskgauss(count: int, n: int, threads: int, store: bool = False) -> dict:
@@ -74,7 +65,7 @@ def run_daskgauss(count: int, n: int, threads: int, store: bool = False) -> dict
             volume.store(out, lock=False)
             return out
 
-    return {"seconds": best_of(call), "checksum": float(call().sum(dtype=np.float64))}
+    return {"seconds": best_of(call)[0], "checksum": float(call().sum(dtype=np.float64))}
 
 
 def run_finufft(count: int, n: int, threads: int) -> dict:
@@ -93,7 +84,7 @@ def run_finufft(count: int, n: int, threads: int) -> dict:
         plan.setpts(x, y, z)
         return plan.execute(strengths)
 
-    return {"seconds": best_of(call), "checksum": float(call().real.sum(dtype=np.float64))}
+    return {"seconds": best_of(call)[0], "checksum": float(call().real.sum(dtype=np.float64))}
 
 
 def child(tool: str, count: int, n: int, threads: int) -> None:

@@ -26,56 +26,13 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 
-GIB = 2**30
-
-
-class TreeMemory:
-    """Peak summed RSS of a process and its descendants, sampled in a thread."""
-
-    def __init__(self, pid: int, interval: float = 0.02):
-        self.root = psutil.Process(pid)
-        self.interval = interval
-        self.peak = 0
-        self.peak_by_process: dict[int, int] = {}
-        self.names: dict[int, str] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                processes = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            total = 0
-            for process in processes:
-                try:
-                    rss = process.memory_info().rss
-                    if process.pid not in self.names:
-                        self.names[process.pid] = " ".join(process.cmdline()[:4])
-                except psutil.NoSuchProcess:
-                    continue
-                total += rss
-                self.peak_by_process[process.pid] = max(
-                    self.peak_by_process.get(process.pid, 0), rss
-                )
-            self.peak = max(self.peak, total)
-            time.sleep(self.interval)
-
-    def __enter__(self) -> TreeMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+from benchmarks.measure import GIB, run_measured
 
 
 def write_centres(scratch: Path, count: int = 10000, box: tuple = (-50, 50)) -> Path:
@@ -103,13 +60,7 @@ def run_cli(
     shutil.rmtree(store, ignore_errors=True)
     command = [sys.executable, "-m", "daskgauss", "render", str(write_centres(scratch, count, box)),
                str(store), "--shape", str(n), *grid, *extra]  # fmt: skip
-    started = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    with TreeMemory(process.pid) as memory:
-        output, errors = process.communicate()
-    seconds = time.perf_counter() - started
-    if process.returncode != 0:
-        raise RuntimeError(f"render failed: {errors}")
+    seconds, output, memory = run_measured(command)
     size = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
     workers = {
         pid: peak for pid, peak in memory.peak_by_process.items()
@@ -263,16 +214,10 @@ def main() -> None:
             command = [sys.executable, "-m", "daskgauss", "render",
                        str(write_centres(scratch, 10**4, (0, 64))), str(store), "--shape",
                        "16384", *points]  # fmt: skip
-            started = time.perf_counter()
-            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                       text=True)  # fmt: skip
-            with TreeMemory(process.pid) as memory:
-                output, errors = process.communicate()
-            if process.returncode:
-                raise RuntimeError(f"render failed: {errors}")
+            seconds, output, memory = run_measured(command)
             files = sum(1 for p in store.rglob("*") if p.is_file())
             print(f"16384^3, 10^4 centres in a corner, {label}: "
-                  f"{time.perf_counter() - started:.1f} s, peak tree RSS "
+                  f"{seconds:.1f} s, peak tree RSS "
                   f"{memory.peak / GIB:.2f} GiB, {files} files in the store")  # fmt: skip
             print(f"  CLI: {output.strip().splitlines()[-1]}")
         result = {"store": scratch / "sparse.zarr"}
