@@ -5,6 +5,7 @@ Run from the repository root:
     .venv/bin/python -m benchmarks.bench_points            # M = 10^6 on 256^3, 1 thread;
                                                            # M = 10^7 on 512^3, 2 threads
     .venv/bin/python -m benchmarks.bench_points --only 6   # just the first case
+    .venv/bin/python -m benchmarks.bench_points --rounds 5 # more rounds (default 3)
 
 The same centres (uniform over a grid of spacing 1, seeded) for both tools; sigma =
 3.5 / sqrt(2 ln 10^6) = 0.666 samples, so that daskgauss's support at tol = 1e-6 is
@@ -19,8 +20,10 @@ fresh process (so that its peak RSS is its own), one after the other in one run:
 - FINUFFT: ``Plan(1, (n, n, n), eps=1e-6, dtype="complex64", spreadinterponly=1,
   nthreads=T)``, then ``setpts`` + ``execute`` timed (the plan made once).
 
-Times are warm (one untimed call first: numba compiled, memory touched), best of 3.
-Peak RSS is the process's maximum resident set (getrusage), imports included.
+Times are warm (one untimed call first: numba compiled, memory touched), best of 3
+per process. Each round runs the three, one after the other; the ratios are per round
+(this VM's speed drifts between minutes) and their median is reported. Peak RSS is
+the process's maximum resident set (getrusage), imports included.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import argparse
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 
@@ -111,27 +115,42 @@ def measure(tool: str, count: int, n: int, threads: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", type=int, choices=sorted(CASES), default=None)
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of the three runs, one after the other (default 3)",
+    )
     parser.add_argument("--child", nargs=4, metavar=("TOOL", "M", "N", "THREADS"))
     options = parser.parse_args()
     if options.child:
         tool, count, n, threads = options.child
         child(tool, int(count), int(n), int(threads))
         return
-    print(f"# bench_points: sigma = {SIGMA:.4f} samples, tol {TOL:g}, best of 3, warm")
+    print(f"# bench_points: sigma = {SIGMA:.4f} samples, tol {TOL:g}, best of 3 per process, "
+          f"{options.rounds} rounds")  # fmt: skip
+    tools = ("daskgauss", "daskgauss-store", "finufft")
     for key, (count, n, threads) in CASES.items():
         if options.only is not None and key != options.only:
             continue
-        ours = measure("daskgauss", count, n, threads)
-        stored = measure("daskgauss-store", count, n, threads)
-        theirs = measure("finufft", count, n, threads)
         print(f"M = {count:.0e} on {n}^3, {threads} thread(s):")
-        rows = (("daskgauss compute()", ours), ("daskgauss store(out)", stored),
-                ("FINUFFT", theirs))  # fmt: skip
-        for name, result in rows:
-            print(f"  {name:21s} {result['seconds']:7.3f} s, peak RSS "
-                  f"{result['peak_rss_gib']:.2f} GiB, sum {result['checksum']:.6e}")  # fmt: skip
-        print(f"  daskgauss / FINUFFT time: compute() {ours['seconds'] / theirs['seconds']:.2f}, "
-              f"store(out) {stored['seconds'] / theirs['seconds']:.2f}")  # fmt: skip
+        ratios: dict[str, list[float]] = {"daskgauss": [], "daskgauss-store": []}
+        for number in range(options.rounds):
+            # The three tools one after the other in each round: this VM's speed drifts
+            # between minutes, so each ratio is of runs made next to each other.
+            results = {tool: measure(tool, count, n, threads) for tool in tools}
+            theirs = results["finufft"]["seconds"]
+            for tool in ratios:
+                ratios[tool].append(results[tool]["seconds"] / theirs)
+            print(f"  round {number + 1}: " + ", ".join(
+                f"{tool} {result['seconds']:.3f} s ({result['peak_rss_gib']:.2f} GiB)"
+                for tool, result in results.items()))  # fmt: skip
+            print("    sums: " + ", ".join(f"{tool} {result['checksum']:.6e}"
+                                           for tool, result in results.items()))  # fmt: skip
+        for tool, values in ratios.items():
+            name = "compute()" if tool == "daskgauss" else "store(out)"
+            print(f"  daskgauss {name} / FINUFFT: median {statistics.median(values):.2f} "
+                  f"(rounds: {', '.join(f'{v:.2f}' for v in values)})")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -1,32 +1,42 @@
-"""Spatial binning: which Gaussians reach which output block, computed once.
+"""Spatial binning: every Gaussian in one global spatial order, found again per block.
 
-The bins are the output blocks. For every Gaussian (and, on a periodic grid, every
-periodic image of it that reaches the grid) the inclusive range of global sample
-indices its support box covers gives the range of blocks it touches; a counting sort
-turns those (Gaussian, block) pairs into a CSR table block -> Gaussian indices. Two
-passes over the Gaussians in numba, no comparison sort, no per-Gaussian Python:
-O(M x blocks touched per Gaussian).
+Done once per job, shared by every block. For every Gaussian (and, on a periodic
+grid, every periodic image of it that reaches the grid) the inclusive range of
+global sample indices its support box covers is computed once; the Gaussians that
+reach the grid become *entries*, each with a spatial key: the global bin
+(``BIN_SHAPE`` samples, aligned to sample 0) of the sample nearest its centre.
+A stable counting sort by key (O(M), no comparison sort) puts the entries in
+order, and the same pass counts each block's (Gaussian, block) pairs. Nothing is
+stored per pair: a block's sources are gathered when the block is rendered, from the
+bins within the widest support of it (each row of bins along z is one run of the
+sorted keys), by the same index ranges that counted them.
 
 Summation order
 ---------------
-Each block's run is then put in spatial order (:func:`spatial_order`): by a global bin
-of the Gaussian's centre (``BIN_SHAPE`` samples, aligned to sample 0), ties by
-Gaussian index (and image). The kernels add a block's sources in this order, so
-consecutive Gaussians touch the same cache lines, and each voxel sums its Gaussians
-in an order fixed by the Gaussians and the grid alone: the bits do not depend on the
-chunking (any two Gaussians compare the same in every block that holds both).
+The kernels add a block's sources in the order of the entries: by key, ties by
+Gaussian index (and image). Consecutive Gaussians touch the same cache lines, and
+each voxel sums its Gaussians in an order fixed by the Gaussians and the grid
+alone, so the bits do not depend on the chunking (any two Gaussians compare the
+same in every block that holds both).
 
-Nothing that is cheap to recompute is stored: the table holds one Gaussian index per
-pair (int32 while M allows), plus a periodic image code per pair on periodic grids,
-and shares the Gaussians' own arrays; a block's positions, sigmas, amplitudes and
-sample index ranges are gathered when the block is rendered.
+Memory and threads
+------------------
+The binning keeps its own copy of the entries' positions (a lazy array does not
+change when the caller's centres do), one key per entry (int32 while the grid's
+bins fit), and sigmas, amplitudes and covariances once where all share them:
+about 1.2x the centres' own bytes. Building it reads the centres in order and
+writes each entry once to its place; on a thread pool (``executor``) each thread
+takes a part of the Gaussians, with the same result.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
+import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
 
 import numba
 import numpy as np
@@ -43,9 +53,11 @@ __all__ = [
     "Chunks",
     "bin_gaussians",
     "block_edges",
+    "count_pairs",
     "index_boxes",
     "pair_arguments",
     "spatial_order",
+    "stable_ranks",
 ]
 
 # Columns of a source table row (see Binning.table_rows), and with covariances.
@@ -146,23 +158,24 @@ def index_boxes(
 
 
 @numba.njit(nogil=True, cache=True)
-def _pairs(positions, sigma, amplitude, half_width, margin, origin, spacing, shape, period,
-           periodic, block_of_sample, numblocks, bin_shape, fill, cursor, rows, images,
-           keys):  # fmt: skip
-    """Count (``fill`` false) or write (``fill`` true) every (Gaussian, block) pair.
+def _entries(positions, sigma, amplitude, half_width, margin, origin, spacing, shape, period,
+             periodic, block_of_sample, numblocks, bin_shape, first, stop, fill, rows, images,
+             keys, block_counts, widths):  # fmt: skip
+    """For Gaussians ``first:stop``, write the entries (where ``fill``, from index 0 of
+    ``rows``, ``images`` and ``keys``) and count each block's sources (where
+    ``block_counts`` is not empty); return the number of entries.
 
-    Each support reaches ``margin[d]`` further than ``sigma half_width`` on axis ``d``
-    (zero at level 0; on a pyramid level, the half-width of the level-0 samples one
-    level sample averages).
-
-    Counting adds pair counts at ``cursor[b + 1]``; filling writes, at ``cursor[b]``
-    (then advanced), the Gaussian's index, its image code and its spatial key (the
-    global bin of :func:`spatial_order`, packed in C order). Gaussians are visited in
-    index order and each one's images in a fixed order, so each block's run comes
-    out in that order (a stable counting sort). Image code ``9 (sx+1) + 3 (sy+1) +
-    (sz+1)`` is the image's shift in periods on each axis (13: none).
+    An entry is a Gaussian, or on a periodic grid one of its images, whose support box
+    reaches the grid; each support reaches ``margin[d]`` further than ``sigma
+    half_width`` on axis ``d`` (zero at level 0; on a pyramid level, the half-width
+    of the level-0 samples one level sample averages). Filling writes each entry's
+    Gaussian index, image code and spatial key (the global bin of
+    :func:`spatial_order`, packed in C order) and the widest index range per axis to
+    ``widths``; counting adds its (Gaussian, block) pairs to ``block_counts``. Gaussians
+    are visited in index order and each one's images in a fixed order. Image code
+    ``9 (sx+1) + 3 (sy+1) + (sz+1)`` is the image's shift in periods on each axis (13:
+    none).
     """
-    count = positions.shape[0]
     shared_sigma = sigma.shape[0] == 1
     shared_amplitude = amplitude.shape[0] == 1
     # Per axis, up to three options (no image, one period up, one period down): the
@@ -175,7 +188,9 @@ def _pairs(positions, sigma, amplitude, half_width, margin, origin, spacing, sha
     bins = np.empty(3, np.int64)
     for d in range(3):
         bins[d] = (np.int64(shape[d]) + bin_shape[d] - 1) // bin_shape[d]
-    for c in range(count):
+    count_pairs = block_counts.shape[0] > 0
+    entries = 0
+    for c in range(first, stop):
         if amplitude[0 if shared_amplitude else c] == 0.0:
             continue
         row = 0 if shared_sigma else c
@@ -211,29 +226,28 @@ def _pairs(positions, sigma, amplitude, half_width, margin, origin, spacing, sha
                 for oz in range(options[2]):
                     if low[2, oz] > high[2, oz]:
                         continue
-                    code = 9 * (shift[0, ox] + 1) + 3 * (shift[1, oy] + 1) + shift[2, oz] + 1
                     if fill:
                         for d, option in ((0, ox), (1, oy), (2, oz)):
                             spatial[d, option] = _spatial_bin(
                                 positions[c, d] + shift[d, option] * period[d], low[d, option],
                                 high[d, option], origin[d], spacing[d], bin_shape[d])  # fmt: skip
-                        key = (spatial[0, ox] * bins[1] + spatial[1, oy]) * bins[2] + spatial[2, oz]
-                    first_x = block_of_sample[0][low[0, ox]]
-                    first_y = block_of_sample[1][low[1, oy]]
-                    first_z = block_of_sample[2][low[2, oz]]
-                    for bx in range(first_x, block_of_sample[0][high[0, ox]] + 1):
-                        for by in range(first_y, block_of_sample[1][high[1, oy]] + 1):
-                            for bz in range(first_z, block_of_sample[2][high[2, oz]] + 1):
-                                flat = (bx * numblocks[1] + by) * numblocks[2] + bz
-                                if fill:
-                                    at = cursor[flat]
-                                    rows[at] = c
-                                    keys[at] = key
-                                    if periodic:
-                                        images[at] = code
-                                    cursor[flat] = at + 1
-                                else:
-                                    cursor[flat + 1] += 1
+                            widths[d] = max(widths[d], high[d, option] - low[d, option])
+                        rows[entries] = c
+                        keys[entries] = (spatial[0, ox] * bins[1] + spatial[1, oy]) * bins[2] + (
+                            spatial[2, oz])  # fmt: skip
+                        if periodic:
+                            images[entries] = (9 * (shift[0, ox] + 1) + 3 * (shift[1, oy] + 1)
+                                               + shift[2, oz] + 1)  # fmt: skip
+                    if count_pairs:
+                        first_y = block_of_sample[1][low[1, oy]]
+                        first_z = block_of_sample[2][low[2, oz]]
+                        for bx in range(block_of_sample[0][low[0, ox]],
+                                        block_of_sample[0][high[0, ox]] + 1):  # fmt: skip
+                            for by in range(first_y, block_of_sample[1][high[1, oy]] + 1):
+                                for bz in range(first_z, block_of_sample[2][high[2, oz]] + 1):
+                                    block_counts[(bx * numblocks[1] + by) * numblocks[2] + bz] += 1
+                    entries += 1
+    return entries
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -243,38 +257,37 @@ def _spatial_bin(position, low, high, origin, spacing, bin_side):
     nearest = np.floor((position - origin) / spacing + 0.5)
     # Clipped in float first: a centre far outside must not overflow int64.
     nearest = min(max(nearest, np.float64(low)), np.float64(high))
-    return np.int64(nearest) // bin_side
+    # ``nearest`` is a whole number of at most 2^53, so the float quotient's floor is
+    # the integer quotient, and far cheaper than a 64-bit integer division.
+    return np.int64(np.floor(nearest / bin_side))
 
 
 @numba.njit(nogil=True, cache=True)
-def _stable_ranks(keys):
-    """Where each key goes when ``keys`` (integers) are sorted stably: a counting sort over
-    the range the keys span, O(K), walking the keys in order (the bucket cursors stay
-    in cache); where that range is far larger than K, a stable merge sort."""
-    count = keys.shape[0]
-    ranks = np.empty(count, np.int64)
-    if count == 0:
-        return ranks
-    low = np.int64(keys.min())
-    span = np.int64(keys.max()) - low + 1
-    if span > 4 * count + 65536:
-        order = np.argsort(keys, kind="mergesort")
-        for j in range(count):
-            ranks[order[j]] = j
-        return ranks
-    fill = np.zeros(span + 1, np.int64)
+def _order_keys(positions, origin, spacing, index_low, index_high, bin_shape):
+    """:func:`spatial_order`'s keys: each source's bin packed in C order over the bins
+    the sources span (an order-preserving key)."""
+    count = positions.shape[0]
+    bins = np.empty((count, 3), np.int64)
     for c in range(count):
-        fill[keys[c] - low + 1] += 1
-    for b in range(span):
-        fill[b + 1] += fill[b]
-    for c in range(count):
-        key = keys[c] - low
-        ranks[c] = fill[key]
-        fill[key] += 1
-    return ranks
+        for d in range(3):
+            bins[c, d] = _spatial_bin(positions[c, d], index_low[c, d], index_high[c, d],
+                                      origin[d], spacing[d], bin_shape[d])  # fmt: skip
+    # Bins packed in C order over the range they span (an order-preserving key).
+    keys = np.empty(count, np.int64)
+    if count:
+        low = bins[0].copy()
+        high = bins[0].copy()
+        for c in range(count):
+            for d in range(3):
+                low[d] = min(low[d], bins[c, d])
+                high[d] = max(high[d], bins[c, d])
+        extent = high - low + 1
+        for c in range(count):
+            along_xy = (bins[c, 0] - low[0]) * extent[1] + bins[c, 1] - low[1]
+            keys[c] = along_xy * extent[2] + bins[c, 2] - low[2]
+    return keys
 
 
-@numba.njit(nogil=True, cache=True)
 def spatial_order(
     positions: np.ndarray,
     origin: np.ndarray,
@@ -300,85 +313,280 @@ def spatial_order(
     ndarray, shape (K,), int64
         ``order``: render source ``order[0]`` first, then ``order[1]``, ...
     """
-    count = positions.shape[0]
-    bins = np.empty((count, 3), np.int64)
-    for c in range(count):
-        for d in range(3):
-            bins[c, d] = _spatial_bin(positions[c, d], index_low[c, d], index_high[c, d],
-                                      origin[d], spacing[d], bin_shape[d])  # fmt: skip
-    # Bins packed in C order over the range they span (an order-preserving key).
-    keys = np.empty(count, np.int64)
-    if count:
-        low = bins[0].copy()
-        high = bins[0].copy()
-        for c in range(count):
-            for d in range(3):
-                low[d] = min(low[d], bins[c, d])
-                high[d] = max(high[d], bins[c, d])
-        extent = high - low + 1
-        for c in range(count):
-            along_xy = (bins[c, 0] - low[0]) * extent[1] + bins[c, 1] - low[1]
-            keys[c] = along_xy * extent[2] + bins[c, 2] - low[2]
-    order = np.empty(count, np.int64)
-    order[_stable_ranks(keys)] = np.arange(count)
+    keys = _order_keys(positions, origin, spacing, index_low, index_high, bin_shape)
+    ranks = np.empty(len(keys), np.int64)
+    stable_ranks(keys, ranks)
+    order = np.empty(len(keys), np.int64)
+    order[ranks] = np.arange(len(keys))
     return order
 
 
 @numba.njit(nogil=True, cache=True)
-def _ordered_sources(block_offsets, rows, images, keys, positions, sigma, covariance, amplitude,
-                     period, periodic, keep_keys):  # fmt: skip
-    """Every pair's position (images shifted), sigma, covariance and amplitude, each
-    block's run in the stable order of its ``keys``; sigma, covariance and amplitude stay
-    one row where shared. ``covariance`` of no rows (axis-aligned Gaussians) stays empty.
+def _histogram(keys, low, counts):
+    """Add each key's count at ``counts[key - low]``."""
+    for e in range(keys.shape[0]):
+        counts[keys[e] - low] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _bucket_starts(counts):
+    """Counts of ``parts x buckets`` to where each part's run of each bucket starts,
+    buckets in order and within a bucket parts in order (a stable counting sort)."""
+    running = 0
+    for b in range(counts.shape[1]):
+        for p in range(counts.shape[0]):
+            count = counts[p, b]
+            counts[p, b] = running
+            running += count
+
+
+@numba.njit(nogil=True, cache=True)
+def _scatter_ranks(keys, low, cursors, ranks):
+    """Each key's rank: the cursor of its bucket, then advanced."""
+    for e in range(keys.shape[0]):
+        key = keys[e] - low
+        ranks[e] = cursors[key]
+        cursors[key] += 1
+
+
+@numba.njit(nogil=True, cache=True)
+def _radix_ranks(keys, low, span, ranks):
+    """Stable ranks by an LSD radix sort, 16 bits a pass (two passes for keys spanning up
+    to 2^32, four at most): the passes permute an order, then ranks invert it."""
+    count = keys.shape[0]
+    source = np.empty_like(ranks)
+    target = np.empty_like(ranks)
+    for e in range(count):
+        source[e] = e
+    shift = 0
+    # (A shift by 64 or more is undefined: keys span at most 2^64.)
+    while shift == 0 or (shift < 64 and ((span - 1) >> shift) > 0):
+        fill = np.zeros(65537, np.int64)
+        for j in range(count):
+            fill[(((np.int64(keys[source[j]]) - low) >> shift) & 0xFFFF) + 1] += 1
+        for b in range(65536):
+            fill[b + 1] += fill[b]
+        for j in range(count):
+            e = source[j]
+            digit = ((np.int64(keys[e]) - low) >> shift) & 0xFFFF
+            target[fill[digit]] = e
+            fill[digit] += 1
+        source, target = target, source
+        shift += 16
+    for j in range(count):
+        ranks[source[j]] = j
+
+
+def stable_ranks(keys: np.ndarray, ranks: np.ndarray, executor: Executor | None = None) -> None:
+    """Fill ``ranks`` with where each key goes when ``keys`` (integers) are sorted stably.
+
+    A counting sort where the keys span at most about their number (keys read in
+    order, ranks written in order, the bucket cursors in cache), in parts on
+    ``executor``'s threads where one is given (each part counts and places its own
+    keys; the ranks do not depend on the parts); else an LSD radix sort. O(K) either
+    way, with scratch memory bounded by K whatever the keys' range.
     """
-    pairs = rows.shape[0]
-    out_keys = np.empty(pairs if keep_keys else 0, keys.dtype)
-    out_positions = np.empty((pairs, 3))
-    out_sigma = np.empty((pairs if sigma.shape[0] != 1 else 1, 3))
-    covariances = covariance.shape[0]
-    out_covariance = np.empty((pairs if covariances > 1 else covariances, 6))
-    out_amplitude = np.empty(pairs if amplitude.shape[0] != 1 else 1)
-    if sigma.shape[0] == 1:
-        out_sigma[0] = sigma[0]
-    if covariances == 1:
-        out_covariance[0] = covariance[0]
-    if amplitude.shape[0] == 1:
-        out_amplitude[0] = amplitude[0]
-    # Pairs are read in the order they were filled (each block's run in ascending
-    # Gaussian index: sequential reads) and written to their ranks.
-    for b in range(block_offsets.shape[0] - 1):
-        start = block_offsets[b]
-        ranks = _stable_ranks(keys[start : block_offsets[b + 1]])
-        for j in range(ranks.shape[0]):
-            at = start + j
-            c = rows[at]
-            out = start + ranks[j]
-            if keep_keys:
-                out_keys[out] = keys[at]
+    count = len(keys)
+    if count == 0:
+        return
+    low = int(keys.min())
+    span = int(keys.max()) - low + 1
+    if span > count + 65536:
+        _radix_ranks(keys, low, span, ranks)
+        return
+    parts = _parts(count, executor)
+    counts = np.zeros((len(parts), span), ranks.dtype)
+    _run(executor, _histogram, [(keys[a:b], low, counts[p]) for p, (a, b) in enumerate(parts)])
+    _bucket_starts(counts)
+    _run(executor, _scatter_ranks,
+         [(keys[a:b], low, counts[p], ranks[a:b]) for p, (a, b) in enumerate(parts)])  # fmt: skip
+
+
+# Fewest Gaussians per part of a binning split over threads: below this a split costs
+# more than it saves.
+PART_MINIMUM = 1 << 17
+
+
+def _parts(count: int, executor: Executor | None) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges cutting ``range(count)`` into one part per thread."""
+    threads = 1 if executor is None else executor._max_workers  # type: ignore[attr-defined]
+    parts = max(1, min(threads, count // PART_MINIMUM))
+    edges = [count * p // parts for p in range(parts + 1)]
+    return list(itertools.pairwise(edges))
+
+
+def _run(executor: Executor | None, function: Callable, arguments: list[tuple]) -> list:
+    """``function(*a)`` for each ``a`` of ``arguments``: on ``executor``'s threads (numba
+    functions that release the GIL), or here when there is none or one call."""
+    if executor is None or len(arguments) == 1:
+        return [function(*a) for a in arguments]
+    return [future.result() for future in [executor.submit(function, *a) for a in arguments]]
+
+
+@numba.njit(nogil=True, cache=True)
+def _place_entries(ranks, rows, images, keys, positions, sigma, covariance, amplitude, period,
+                   periodic, out_keys, out_positions, out_sigma, out_covariance,
+                   out_amplitude):  # fmt: skip
+    """Put each entry's key, position (a periodic image's shifted), sigma, covariance and
+    amplitude at its rank of the ``out_`` arrays (those of one row, shared, are left).
+
+    Entries are read in the order they were made (ascending Gaussian index: the
+    Gaussians' arrays are read in order) and written to their ranks.
+    """
+    per_sigma = sigma.shape[0] != 1
+    per_covariance = covariance.shape[0] > 1
+    per_amplitude = amplitude.shape[0] != 1
+    for e in range(ranks.shape[0]):
+        j = ranks[e]
+        c = rows[e]
+        out_keys[j] = keys[e]
+        for d in range(3):
+            out_positions[j, d] = positions[c, d]
+        if periodic:
+            code = images[e]
+            shifts = (code // 9 - 1, (code // 3) % 3 - 1, code % 3 - 1)
             for d in range(3):
-                out_positions[out, d] = positions[c, d]
-            if periodic:
-                code = images[at]
-                shifts = (code // 9 - 1, (code // 3) % 3 - 1, code % 3 - 1)
+                if shifts[d] == 1:
+                    out_positions[j, d] = positions[c, d] + period[d]
+                elif shifts[d] == -1:
+                    out_positions[j, d] = positions[c, d] - period[d]
+        if per_sigma:
+            for d in range(3):
+                out_sigma[j, d] = sigma[c, d]
+        if per_covariance:
+            for d in range(6):
+                out_covariance[j, d] = covariance[c, d]
+        if per_amplitude:
+            out_amplitude[j] = amplitude[c]
+
+
+@numba.njit(nogil=True, cache=True)
+def _gather_block(first, last, count, widths, keys, positions, sigma, covariance, amplitude,
+                  half_width, margin, origin, spacing, shape, bin_shape, with_keys):  # fmt: skip
+    """The entries whose support reaches samples ``first..last`` (inclusive, per axis), in
+    summation order: keys (none unless ``with_keys``), positions, sigmas, covariances,
+    amplitudes, index boxes.
+
+    Only the bins within ``widths`` samples of the block are looked at: an entry's bin
+    is that of a sample inside its index range, which is at most ``widths`` wide. For
+    each row of bins along z the entries are one run of the sorted ``keys``, and for
+    each x slab of the window one run holds its rows; runs are visited in key order,
+    so the gathered entries stay in it. Whether an entry reaches the block is decided
+    by its index ranges alone (the bins only narrow the search). ``count`` is the
+    number the binning counted for the block; the number found is returned first, for
+    the caller to check.
+    """
+    sigma_step = 1 if sigma.shape[0] > 1 else 0
+    covariance_step = 1 if covariance.shape[0] > 1 else 0
+    amplitude_step = 1 if amplitude.shape[0] > 1 else 0
+    out_keys = np.empty(count if with_keys else 0, keys.dtype)
+    out_positions = np.empty((count, 3))
+    out_sigma = np.empty((count if sigma_step else 1, 3))
+    out_covariance = np.empty((count if covariance_step else covariance.shape[0], 6))
+    out_amplitude = np.empty(count if amplitude_step else 1)
+    index_low = np.empty((count, 3), np.int64)
+    index_high = np.empty((count, 3), np.int64)
+    if not sigma_step:
+        out_sigma[0] = sigma[0]
+    if covariance.shape[0] == 1:
+        out_covariance[0] = covariance[0]
+    if not amplitude_step:
+        out_amplitude[0] = amplitude[0]
+    bins = np.empty(3, np.int64)
+    low_bin = np.empty(3, np.int64)
+    high_bin = np.empty(3, np.int64)
+    for d in range(3):
+        bins[d] = (np.int64(shape[d]) + bin_shape[d] - 1) // bin_shape[d]
+        low_bin[d] = max(first[d] - widths[d], 0) // bin_shape[d]
+        high_bin[d] = min(last[d] + widths[d], np.int64(shape[d]) - 1) // bin_shape[d]
+    low = np.empty(3, np.int64)
+    high = np.empty(3, np.int64)
+    found = 0
+    rows = high_bin[1] - low_bin[1] + 1
+    for bx in range(low_bin[0], high_bin[0] + 1):
+        # The slab of bins at bx within the window's first and last row: scanned whole
+        # where it holds few entries for its rows (a sparse grid, or a wide window),
+        # else row by row.
+        plane = bx * bins[1]
+        slab_start = np.searchsorted(keys, (plane + low_bin[1]) * bins[2] + low_bin[2])
+        slab_stop = np.searchsorted(keys, (plane + high_bin[1]) * bins[2] + high_bin[2],
+                                    side="right")  # fmt: skip
+        whole = slab_stop - slab_start <= 4 * rows
+        for by in range(low_bin[1], low_bin[1] + 1 if whole else high_bin[1] + 1):
+            start, stop = slab_start, slab_stop
+            if not whole:
+                row = (plane + by) * bins[2]
+                start = np.searchsorted(keys, row + low_bin[2])
+                stop = np.searchsorted(keys, row + high_bin[2], side="right")
+            for j in range(start, stop):
+                reaches = True
                 for d in range(3):
-                    if shifts[d] == 1:
-                        out_positions[out, d] = positions[c, d] + period[d]
-                    elif shifts[d] == -1:
-                        out_positions[out, d] = positions[c, d] - period[d]
-            if sigma.shape[0] != 1:
+                    radius = sigma[j * sigma_step, d] * half_width + margin[d]
+                    low[d], high[d] = _index_range(positions[j, d], radius, origin[d],
+                                                   spacing[d], shape[d] - 1.0)  # fmt: skip
+                    if low[d] > last[d] or high[d] < first[d]:
+                        reaches = False
+                        break
+                if not reaches:
+                    continue
+                found += 1
+                if found > count:
+                    continue
+                at = found - 1
+                if with_keys:
+                    out_keys[at] = keys[j]
                 for d in range(3):
-                    out_sigma[out, d] = sigma[c, d]
-            if covariances > 1:
-                for d in range(6):
-                    out_covariance[out, d] = covariance[c, d]
-            if amplitude.shape[0] != 1:
-                out_amplitude[out] = amplitude[c]
-    return out_positions, out_sigma, out_covariance, out_amplitude, out_keys
+                    out_positions[at, d] = positions[j, d]
+                    index_low[at, d] = low[d]
+                    index_high[at, d] = high[d]
+                if sigma_step:
+                    for d in range(3):
+                        out_sigma[at, d] = sigma[j, d]
+                if covariance_step:
+                    for d in range(6):
+                        out_covariance[at, d] = covariance[j, d]
+                if amplitude_step:
+                    out_amplitude[at] = amplitude[j]
+    return (found, out_keys, out_positions, out_sigma, out_covariance, out_amplitude, index_low,
+            index_high)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Reach:
+    """What decides whether an entry reaches a block: the arguments of
+    :func:`_index_range` on the grid the blocks are of (level ``level`` of the grid)."""
+
+    half_width: float
+    margin: np.ndarray
+    origin: np.ndarray
+    spacing: np.ndarray
+    shape: np.ndarray
+
+    @classmethod
+    def of(cls, grid: Grid, tol: float, level: int) -> Reach:
+        # A level sample averages level-0 samples up to (2^level - 1) / 2 spacings from
+        # it; half a spacing more keeps the pairs a superset under rounding (the
+        # kernel's own level-0 boxes decide exactly which samples are reached).
+        binned = grid.level(level)
+        return cls(
+            half_width=support_half_width(tol),
+            margin=np.array(grid.spacing) * (2**level / 2 if level else 0.0),
+            origin=np.array(binned.origin),
+            spacing=np.array(binned.spacing),
+            shape=np.array(binned.shape, np.float64),
+        )
 
 
 @dataclass(frozen=True, eq=False)
 class Binning:
-    """The sources of every output block, block after block (CSR layout).
+    """Every Gaussian in one global spatial order, and how many reach each output block.
+
+    The binning keeps one entry per Gaussian that reaches the grid (on a periodic
+    grid, per image that does), sorted by spatial key (:func:`spatial_order`'s global
+    bin, packed in C order), ties by Gaussian index and image: the summation order.
+    A block's sources are the entries of the bins near it whose support reaches it
+    (:meth:`block_sources`, gathered when the block is rendered), so nothing is
+    stored per (Gaussian, block) pair but a count per block.
 
     Attributes
     ----------
@@ -388,21 +596,20 @@ class Binning:
     tol : float
         The cut, as a fraction of each Gaussian's peak.
     block_offsets : ndarray, shape (blocks + 1,), int64
-        The sources of the block with flat (C-order) index ``b`` are rows
-        ``block_offsets[b]:block_offsets[b + 1]`` of the arrays below, in summation
-        order (:func:`spatial_order`).
-    positions : ndarray, shape (pairs, 3), float64
-        One row per (Gaussian, block) pair: the Gaussian's centre, or on a periodic
-        grid the centre of its image that reaches the block.
-    sigma : ndarray, shape (pairs, 3) or (1, 3), float64
-        Per pair, or one row shared by all.
-    amplitude : ndarray, shape (pairs,) or (1,), float64
-        Per pair, or one value shared by all.
-    keys : ndarray, shape (pairs,), int64, or None
-        Each pair's spatial key (its global bin packed in C order), kept only when
-        asked for: what merging binnings of several chunks of centres sorts by.
-    covariance : ndarray, shape (pairs, 6) or (1, 6), float64, or None
+        Block ``b`` (C-order flat index) has ``block_offsets[b + 1] - block_offsets[b]``
+        sources: its rows in :meth:`table_rows`.
+    keys : ndarray, shape (entries,), int32 or int64
+        Each entry's spatial key, ascending.
+    positions : ndarray, shape (entries, 3), float64
+        Each entry's centre (on a periodic grid, its image's); the binning's own copy.
+    sigma : ndarray, shape (entries, 3) or (1, 3), float64
+        Per entry, or one row shared by all.
+    amplitude : ndarray, shape (entries,) or (1,), float64
+        Per entry, or one value shared by all.
+    covariance : ndarray, shape (entries, 6) or (1, 6), float64, or None
         Full covariances, as in :class:`BlockSources`; None for axis-aligned Gaussians.
+    widths : ndarray, shape (3,), int64
+        The widest index range of an entry along each axis (samples, minus one).
     level : int
         The pyramid level the blocks are of (``chunks`` divide ``grid.level(level)``);
         ``grid`` is level 0's, and the sources' index boxes are level-0 boxes.
@@ -412,12 +619,15 @@ class Binning:
     chunks: Chunks
     tol: float
     block_offsets: np.ndarray
+    keys: np.ndarray
     positions: np.ndarray
     sigma: np.ndarray
     amplitude: np.ndarray
-    keys: np.ndarray | None = None
+    widths: np.ndarray
     covariance: np.ndarray | None = None
     level: int = 0
+    # The last block :meth:`table_rows` gathered, by flat index.
+    _last_table_block: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def numblocks(self) -> tuple[int, int, int]:
@@ -446,26 +656,48 @@ class Binning:
         """Number of (Gaussian, block) pairs: the rows of the table."""
         return int(self.block_offsets[-1])
 
-    def _rows(
-        self, start: int, stop: int
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
-        """Positions, sigmas, amplitudes and covariances of rows ``start:stop`` (shared
-        values as one row)."""
-
-        def rows(array: np.ndarray) -> np.ndarray:
-            return array[start:stop] if len(array) != 1 else array
-
-        covariance = None if self.covariance is None else rows(self.covariance)
-        return self.positions[start:stop], rows(self.sigma), rows(self.amplitude), covariance
+    def _gather(self, block_index: tuple[int, int, int], with_keys: bool) -> tuple:
+        """:func:`_gather_block` for one block, checked."""
+        start = self.block_start(block_index)
+        last = start + np.array(self.block_shape(block_index), np.int64) - 1
+        count = self.block_count(block_index)
+        reach = Reach.of(self.grid, self.tol, self.level)
+        covariance = np.empty((0, 6)) if self.covariance is None else self.covariance
+        found, *gathered = _gather_block(
+            start, last, count, self.widths, self.keys, self.positions, self.sigma, covariance,
+            self.amplitude, reach.half_width, reach.margin, reach.origin, reach.spacing,
+            reach.shape, np.array(BIN_SHAPE, np.int64), with_keys)  # fmt: skip
+        if found != count:
+            raise RuntimeError(f"block {block_index}: the binning counted {count} sources, "
+                               f"the gather found {found}")  # fmt: skip
+        return tuple(gathered)
 
     def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
         """The sources that reach the block, in summation order."""
-        flat = self.flat_index(block_index)
-        positions, sigma, amplitude, covariance = self._rows(
-            int(self.block_offsets[flat]), int(self.block_offsets[flat + 1])
-        )
-        index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)
+        _, positions, sigma, covariance, amplitude, index_low, index_high = self._gather(
+            block_index, with_keys=False)  # fmt: skip
+        if self.level:
+            # The boxes above are of the level's samples; the kernels want level 0's.
+            index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)
+        covariance = None if self.covariance is None else covariance
         return BlockSources(positions, sigma, amplitude, index_low, index_high, covariance)
+
+    def block_piece(self, block_index: tuple[int, int, int]) -> Piece:
+        """The block's sources with their spatial keys, for merging with other binnings'."""
+        keys, positions, sigma, covariance, amplitude, _, _ = self._gather(block_index, True)
+        covariance = None if self.covariance is None else covariance
+        return positions, sigma, amplitude, keys, covariance
+
+    def _table_block(self, flat: int) -> np.ndarray:
+        """Block ``flat``'s rows of the source table."""
+        index = tuple(int(i) for i in np.unravel_index(flat, self.numblocks))
+        positions, sigma, amplitude, _, covariance = self.block_piece(index)  # type: ignore[arg-type]
+        count = len(positions)
+        columns = (positions, np.broadcast_to(sigma, (count, 3)),
+                   np.broadcast_to(amplitude, (count,))[:, None])  # fmt: skip
+        if covariance is not None:
+            columns += (np.broadcast_to(covariance, (count, 6)),)
+        return np.concatenate(columns, axis=1)
 
     def table_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of the source table, for storing.
@@ -473,16 +705,27 @@ class Binning:
         Row ``p`` (float64, :data:`TABLE_COLUMNS` columns: x, y, z, sigma x, y, z,
         amplitude, then with covariances the six entries ``xx, xy, xz, yy, yz, zz``:
         :data:`COVARIANCE_TABLE_COLUMNS`) is pair ``p``; block ``b`` owns rows
-        ``block_offsets[b]:block_offsets[b + 1]``. :meth:`BlockSources.from_table`
-        reads a block's rows back (recomputing the sample index ranges).
+        ``block_offsets[b]:block_offsets[b + 1]``. The blocks the rows belong to are
+        gathered; the last one is kept, so that a table asked for in ascending pieces
+        gathers each block once. :meth:`BlockSources.from_table` reads a block's rows
+        back (recomputing the sample index ranges).
         """
-        positions, sigma, amplitude, covariance = self._rows(start, stop)
-        count = stop - start
-        columns = (positions, np.broadcast_to(sigma, (count, 3)),
-                   np.broadcast_to(amplitude, (count,))[:, None])  # fmt: skip
-        if covariance is not None:
-            columns += (np.broadcast_to(covariance, (count, 6)),)
-        return np.concatenate(columns, axis=1)
+        offsets = self.block_offsets
+        pieces = []
+        flat = int(np.searchsorted(offsets, start, side="right")) - 1
+        while start < stop:
+            if flat not in self._last_table_block:
+                self._last_table_block.clear()
+                self._last_table_block[flat] = self._table_block(flat)
+            end = min(stop, int(offsets[flat + 1]))
+            first = int(offsets[flat])
+            pieces.append(self._last_table_block[flat][start - first : end - first])
+            start = end
+            flat += 1
+        if not pieces:
+            columns = TABLE_COLUMNS if self.covariance is None else COVARIANCE_TABLE_COLUMNS
+            return np.empty((0, columns))
+        return np.concatenate(pieces)
 
     @property
     def table(self) -> tuple[np.ndarray, int, Callable[[int, int], np.ndarray]]:
@@ -493,9 +736,13 @@ class Binning:
     @property
     def nbytes(self) -> int:
         """Memory held by the binning, in bytes."""
-        arrays = (self.block_offsets, self.positions, self.sigma, self.amplitude)
+        arrays = (self.block_offsets, self.keys, self.positions, self.sigma, self.amplitude)
         arrays += () if self.covariance is None else (self.covariance,)
         return sum(array.nbytes for array in arrays)
+
+
+# A block's sources with their keys: positions, sigmas, amplitudes, keys, covariances.
+Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def block_edges(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -534,10 +781,10 @@ def bin_gaussians(
     chunks: Chunks,
     *,
     periodic: bool = False,
-    keep_keys: bool = False,
     level: int = 0,
+    executor: Executor | None = None,
 ) -> Binning:
-    """Group the Gaussians by the output blocks their support boxes reach.
+    """Put the Gaussians in their summation order and count the sources of every block.
 
     Parameters
     ----------
@@ -547,12 +794,13 @@ def bin_gaussians(
         Block sizes along each axis (dask's normalised chunks for ``grid.shape``).
     periodic : bool
         Treat the grid as one tile of a periodic box (see ``gaussian_sum``).
-    keep_keys : bool
-        Keep each pair's spatial key (``Binning.keys``).
     level : int
         Bin the blocks of pyramid level ``level`` (``chunks`` divide
         ``grid.level(level)``): a Gaussian reaches a level block where its level-0
         support box reaches a level-0 sample the block averages.
+    executor : concurrent.futures.ThreadPoolExecutor, optional
+        Threads to bin on, a part of the Gaussians each (the binning does not depend
+        on the parts); here, on one thread, without one.
 
     Returns
     -------
@@ -561,36 +809,72 @@ def bin_gaussians(
         no block.
     """
     positions, arguments = pair_arguments(gaussians, grid, chunks, periodic, level)
-    numblocks = [len(c) for c in chunks]
     period = np.array(grid.period)
+    blocks = math.prod(len(c) for c in chunks)
     row_type = np.int32 if len(positions) < 2**31 else np.int64
-    block_offsets = np.zeros(int(np.prod(numblocks)) + 1, np.int64)
-    nothing = np.empty(0, row_type), np.empty(0, np.int8), np.empty(0, np.int64)
-    _pairs(*arguments, False, block_offsets, *nothing)
-    np.cumsum(block_offsets, out=block_offsets)
-    pairs = int(block_offsets[-1])
-    rows = np.empty(pairs, row_type)
-    images = np.empty(pairs if periodic else 0, np.int8)
     # Keys are global bins packed in C order: int32 while they fit (any grid of up to
     # about 2 x 10^9 bins of BIN_SHAPE samples).
     bins = np.prod([-(-n // b) for n, b in zip(grid.level(level).shape, BIN_SHAPE, strict=True)])
-    keys = np.empty(pairs, np.int32 if bins < 2**31 else np.int64)
-    _pairs(*arguments, True, block_offsets[:-1].copy(), rows, images, keys)
+    key_type = np.int32 if bins < 2**31 else np.int64
+    parts = _parts(len(positions), executor)
+    # Without images a Gaussian is at most one entry; with them, each part counts first.
+    capacities = [stop - first for first, stop in parts]
+    if periodic:
+        nothing = (np.empty(0, row_type), np.empty(0, np.int8), np.empty(0, key_type),
+                   np.empty(0, np.int64), np.empty(3, np.int64))  # fmt: skip
+        counting = [(*arguments, first, stop, False, *nothing) for first, stop in parts]
+        capacities = _run(executor, _entries, counting)
+    offsets = np.concatenate([[0], np.cumsum(capacities)]).astype(np.int64)
+    rows = np.empty(offsets[-1], row_type)
+    images = np.empty(offsets[-1] if periodic else 0, np.int8)
+    keys = np.empty(offsets[-1], key_type)
+    counts = np.zeros((len(parts), blocks), np.int64)
+    widths = np.zeros((len(parts), 3), np.int64)
+
+    def part(p: int) -> tuple:
+        at = slice(offsets[p], offsets[p + 1])
+        return (*arguments, *parts[p], True, rows[at], images[at] if periodic else images,
+                keys[at], counts[p], widths[p])  # fmt: skip
+
+    made = _run(executor, _entries, [part(p) for p in range(len(parts))])
+    # Each part's entries follow the last part's (a no-op unless some Gaussians reach
+    # nothing).
+    entries = 0
+    for p, count in enumerate(made):
+        if offsets[p] != entries:
+            for values in (rows, keys) + ((images,) if periodic else ()):
+                values[entries : entries + count] = values[offsets[p] : offsets[p] + count].copy()
+        entries += count
+    rows, keys = rows[:entries], keys[:entries]
+    images = images[:entries] if periodic else images
+    block_offsets = np.zeros(blocks + 1, np.int64)
+    np.cumsum(counts.sum(axis=0), out=block_offsets[1:])
+    ranks = np.empty(entries, np.int32 if entries < 2**31 else np.int64)
+    stable_ranks(keys, ranks, executor)
     covariance = gaussians.covariance
-    positions, sigma, covariance_rows, amplitude, keys = _ordered_sources(
-        block_offsets, rows, images, keys, positions, gaussians.sigma,
-        np.empty((0, 6)) if covariance is None else covariance, gaussians.amplitude, period,
-        bool(periodic), keep_keys)  # fmt: skip
+    covariance = np.empty((0, 6)) if covariance is None else covariance
+    sigma, amplitude = gaussians.sigma, gaussians.amplitude
+    # One row where shared by all, one per entry otherwise (none for no covariances).
+    out = (np.empty(entries, key_type), np.empty((entries, 3)),
+           np.empty((entries, 3)) if len(sigma) != 1 else sigma.copy(),
+           np.empty((entries, 6)) if len(covariance) > 1 else covariance.copy(),
+           np.empty(entries) if len(amplitude) != 1 else amplitude.copy())  # fmt: skip
+    _run(executor, _place_entries,
+         [(ranks[first:stop], rows[first:stop], images[first:stop] if periodic else images,
+           keys[first:stop], positions, sigma, covariance, amplitude, period, bool(periodic),
+           *out) for first, stop in _parts(entries, executor)])  # fmt: skip
+    sorted_keys, sorted_positions, sorted_sigma, sorted_covariance, sorted_amplitude = out
     return Binning(
         grid=grid,
         chunks=chunks,
         tol=gaussians.tol,
         block_offsets=block_offsets,
-        positions=positions,
-        sigma=sigma,
-        amplitude=amplitude,
-        keys=keys if keep_keys else None,
-        covariance=None if covariance is None else covariance_rows,
+        keys=sorted_keys,
+        positions=sorted_positions,
+        sigma=sorted_sigma,
+        amplitude=sorted_amplitude,
+        widths=widths.max(axis=0),
+        covariance=None if gaussians.covariance is None else sorted_covariance,
         level=level,
     )
 
@@ -598,22 +882,27 @@ def bin_gaussians(
 def pair_arguments(gaussians: Gaussians, grid: Grid, chunks: Chunks, periodic: bool,
                    level: int = 0) -> tuple[np.ndarray, tuple]:  # fmt: skip
     """The positions (wrapped into the periodic box where ``periodic``) and the leading
-    arguments of :func:`_pairs` for the blocks ``chunks`` of pyramid level ``level``."""
+    arguments of :func:`_entries` for the blocks ``chunks`` of pyramid level ``level``."""
     positions = gaussians.positions
     period = np.array(grid.period)
     if periodic:
         _check_fits_period(gaussians.radius, grid)
         origin = np.array(grid.origin)
         positions = origin + np.mod(positions - origin, period)
-    binned = grid.level(level)
-    # A level sample averages level-0 samples up to (2^level - 1) / 2 spacings from it;
-    # half a spacing more keeps the pairs a superset under rounding (the kernel's own
-    # level-0 boxes decide exactly which samples are reached).
-    margin = np.array(grid.spacing) * (2**level / 2 if level else 0.0)
+    reach = Reach.of(grid, gaussians.tol, level)
     numblocks = np.array([len(c) for c in chunks], np.int64)
-    arguments = (positions, gaussians.sigma, gaussians.amplitude,
-                 support_half_width(gaussians.tol), margin, np.array(binned.origin),
-                 np.array(binned.spacing), np.array(binned.shape, np.float64), period,
-                 bool(periodic), _block_of_sample(chunks), numblocks,
-                 np.array(BIN_SHAPE, np.int64))  # fmt: skip
+    arguments = (positions, gaussians.sigma, gaussians.amplitude, reach.half_width, reach.margin,
+                 reach.origin, reach.spacing, reach.shape, period, bool(periodic),
+                 _block_of_sample(chunks), numblocks, np.array(BIN_SHAPE, np.int64))  # fmt: skip
     return positions, arguments
+
+
+def count_pairs(gaussians: Gaussians, grid: Grid, chunks: Chunks, periodic: bool,
+                level: int = 0) -> np.ndarray:  # fmt: skip
+    """(Gaussian, block) pairs per block of ``chunks`` (of pyramid level ``level``), shape
+    (blocks,), int64, as :func:`bin_gaussians` counts them, without binning."""
+    _, arguments = pair_arguments(gaussians, grid, chunks, periodic, level)
+    counts = np.zeros(math.prod(len(c) for c in chunks), np.int64)
+    nothing = np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int32)
+    _entries(*arguments, 0, len(arguments[0]), False, *nothing, counts, np.empty(3, np.int64))
+    return counts

@@ -28,11 +28,11 @@ from dask.base import is_dask_collection, tokenize
 
 from ._binning import (
     BlockSources,
-    _pairs,
-    _stable_ranks,
+    Piece,
     bin_gaussians,
+    count_pairs,
     index_boxes,
-    pair_arguments,
+    stable_ranks,
 )
 from ._block import render_block
 from ._gaussians import Gaussians, prepare_gaussians
@@ -204,16 +204,6 @@ class ChunkSummary:
     pairs: tuple[np.ndarray, ...]
 
 
-def _count_pairs(gaussians: Gaussians, settings: ChunkSettings) -> np.ndarray:
-    """(Gaussian, block) pairs per block of ``settings``' level, shape (blocks,)."""
-    counts = np.zeros(settings.blocks + 1, np.int64)
-    nothing = np.empty(0, np.int32), np.empty(0, np.int8), np.empty(0, np.int64)
-    _, arguments = pair_arguments(gaussians, settings.grid, settings.chunks, settings.periodic,
-                                  settings.level)  # fmt: skip
-    _pairs(*arguments, False, counts, *nothing)
-    return counts[1:]
-
-
 def _summarise(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings,
                levels: tuple[ChunkSettings, ...] = ()) -> ChunkSummary:  # fmt: skip
     """Validate one chunk, hash it and count its (Gaussian, block) pairs per block, of
@@ -231,7 +221,10 @@ def _summarise(centres, sigma, covariance, weights, first_row: int, settings: Ch
         sigma_sum=float(sigma_values.sum()),
         amplitude_min=math.inf if empty else float(amplitude.min()),
         amplitude_max=-math.inf if empty else float(amplitude.max()),
-        pairs=tuple(_count_pairs(gaussians, level) for level in (settings, *levels)),
+        pairs=tuple(
+            count_pairs(gaussians, level.grid, level.chunks, level.periodic, level.level)
+            for level in (settings, *levels)
+        ),
     )
 
 
@@ -262,27 +255,15 @@ def fingerprint(parts: list[ChunkSummary]) -> str:
     return digest.hexdigest()
 
 
-# positions, sigmas, amplitudes, keys, covariances (or None)
-Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
-
-
 def _bin_chunk(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings):
     gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
     return bin_gaussians(gaussians, settings.grid, settings.chunks, periodic=settings.periodic,
-                         keep_keys=True, level=settings.level)  # fmt: skip
+                         level=settings.level)  # fmt: skip
 
 
 def _piece(binning, flat: int) -> Piece:
-    """Block ``flat``'s rows of one chunk's binning: positions, sigmas, amplitudes, keys,
-    covariances."""
-    start, stop = int(binning.block_offsets[flat]), int(binning.block_offsets[flat + 1])
-
-    def rows(values: np.ndarray) -> np.ndarray:
-        return values.copy() if len(values) == 1 else values[start:stop].copy()
-
-    covariance = None if binning.covariance is None else rows(binning.covariance)
-    return (binning.positions[start:stop].copy(), rows(binning.sigma), rows(binning.amplitude),
-            binning.keys[start:stop].copy(), covariance)  # fmt: skip
+    """Block ``flat``'s sources of one chunk's binning, with their spatial keys."""
+    return binning.block_piece(tuple(int(i) for i in np.unravel_index(flat, binning.numblocks)))
 
 
 def merge(pieces: tuple[Piece, ...], settings: ChunkSettings) -> BlockSources:
@@ -294,7 +275,9 @@ def merge(pieces: tuple[Piece, ...], settings: ChunkSettings) -> BlockSources:
     counts = [len(piece[0]) for piece in pieces]
     keys = np.concatenate([piece[3] for piece in pieces])
     order = np.empty(len(keys), np.int64)
-    order[_stable_ranks(keys)] = np.arange(len(keys))
+    ranks = np.empty(len(keys), np.int64)
+    stable_ranks(keys, ranks)
+    order[ranks] = np.arange(len(keys))
 
     def joined(column: int) -> np.ndarray:
         parts = [np.broadcast_to(piece[column], (count, *piece[column].shape[1:]))

@@ -22,11 +22,16 @@ resumes on a cluster:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import os
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import dask.array as da
+import dask.config
 import dask.utils
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -49,6 +54,8 @@ __all__ = [
     "Plan",
     "Request",
     "block_chunks",
+    "build_executor",
+    "build_threads",
     "check_lazy_blocks",
     "check_pyramid",
     "default_block_shape",
@@ -220,6 +227,39 @@ def check_pyramid(covariance: object) -> None:
         )
 
 
+# Schedulers that run a graph on the calling thread alone.
+_ONE_THREAD_SCHEDULERS = ("sync", "synchronous", "single-threaded")
+
+
+def build_threads() -> int:
+    """Threads that validate and bin Gaussians while a job is planned.
+
+    ``daskgauss.build-threads``; ``auto``: one under dask's synchronous scheduler,
+    else dask's ``num_workers`` where set, else the machine's cores. The binning
+    does not depend on it.
+    """
+    setting = _config.get("build-threads")
+    if str(setting) != "auto":
+        threads = int(setting)  # type: ignore[call-overload]
+        if threads < 1:
+            raise ValueError(f"daskgauss.build-threads must be 'auto' or at least 1, got {setting}")
+        return threads
+    if dask.config.get("scheduler", None) in _ONE_THREAD_SCHEDULERS:
+        return 1
+    workers = dask.config.get("num_workers", None)
+    return int(workers) if workers else os.cpu_count() or 1
+
+
+@contextlib.contextmanager
+def build_executor(threads: int) -> Iterator[ThreadPoolExecutor | None]:
+    """A pool of ``threads`` threads for :func:`bin_gaussians`, or None for one."""
+    if threads <= 1:
+        yield None
+        return
+    with ThreadPoolExecutor(threads, thread_name_prefix="daskgauss-build") as executor:
+        yield executor
+
+
 def plan(request: Request, *, lazy: bool = False, level: int = 0) -> Plan:
     """Validate every argument of a request, choose the blocks and bin the Gaussians.
 
@@ -238,6 +278,7 @@ def plan(request: Request, *, lazy: bool = False, level: int = 0) -> Plan:
     grid = request.grid
     periodic = _check_grid_and_periodic(request)
     level = checked_level(level)
+    threads = build_threads()
     gaussians = prepare_gaussians(
         request.centres,
         request.sigma,
@@ -254,7 +295,13 @@ def plan(request: Request, *, lazy: bool = False, level: int = 0) -> Plan:
     binned_chunks = block_chunks(request.chunks, binned_shape, dtype) if level else chunks
     if lazy:
         check_lazy_blocks(binned_chunks, binned_shape)
-    binning = bin_gaussians(gaussians, grid, binned_chunks, periodic=periodic, level=level)
+    with build_executor(threads) as executor:
+        # The centres are hashed on one thread while the others bin them.
+        fingerprint = executor.submit(gaussians.fingerprint) if executor else None
+        binning = bin_gaussians(gaussians, grid, binned_chunks, periodic=periodic, level=level,
+                                executor=executor)  # fmt: skip
+        if fingerprint is not None:
+            fingerprint.result()
     sigma = gaussians.sigma
     amplitude = gaussians.amplitude
     spec = JobSpec(

@@ -25,6 +25,8 @@ from ._plan import (
     ChunkedPlan,
     Plan,
     Request,
+    build_executor,
+    build_threads,
     check_pyramid,
     plan,
     plan_chunked,
@@ -362,11 +364,12 @@ def prepare_render(
         job = plan(request)
         _check_regular(job.spec.chunks)
         spec = replace(job.spec, levels=count)
-        binnings = [job.binning] + [
-            bin_gaussians(job.gaussians, spec.grid, spec.level_chunks(level),
-                          periodic=spec.periodic, level=level)
-            for level in range(1, count + 1)
-        ]  # fmt: skip
+        with build_executor(build_threads()) as executor:
+            binnings = [job.binning] + [
+                bin_gaussians(job.gaussians, spec.grid, spec.level_chunks(level),
+                              periodic=spec.periodic, level=level, executor=executor)
+                for level in range(1, count + 1)
+            ]  # fmt: skip
         work = [LevelWork(binning.level, np.diff(binning.block_offsets).reshape(
                     binning.numblocks), binning=binning) for binning in binnings]  # fmt: skip
     spec = replace(spec, unit=unit, compression=codec, levels=count)

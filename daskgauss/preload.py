@@ -39,7 +39,7 @@ def warm_up() -> None:
     grid = Grid(shape=4)
     for weights in (None, np.array([1.0, 2.0])):
         gaussians = prepare_gaussians(np.full((2, 3), 1.5), 0.7, weights=weights)
-        binning = bin_gaussians(gaussians, grid, ((4,), (4,), (4,)), keep_keys=True)
+        binning = bin_gaussians(gaussians, grid, ((4,), (4,), (4,)))
         sources = binning.block_sources((0, 0, 0))
         for kernel in ("strips", "narrow"):
             for dtype in (np.float32, np.float64):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import dask.array as da
 import numpy as np
@@ -19,7 +20,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import daskgauss as dg
-from daskgauss._binning import BIN_SHAPE, Binning, BlockSources, bin_gaussians, block_edges
+from daskgauss import _binning as binning_module
+from daskgauss._binning import (
+    BIN_SHAPE,
+    Binning,
+    BlockSources,
+    bin_gaussians,
+    block_edges,
+    stable_ranks,
+)
 from daskgauss._gaussians import prepare_gaussians
 
 # ---------------------------------------------------------------- independent brute force
@@ -169,14 +178,19 @@ def test_total_pairs_is_sum_over_sources_of_blocks_touched(rng):
     binning = _bin(centres, sigma3, np.arange(1.0, 81), grid, chunks)
     edges = _edges(chunks)
     radius = _radius(sigma3, 1e-6)
-    expected = 0
+    expected = reaching = 0
     for i in range(80):
         ranges = _index_range(grid.axes, centres[i], radius[i])
         if ranges is not None:
             expected += _blocks_touched(*ranges, edges)
+            reaching += 1
     assert int(binning.block_offsets[-1]) == expected
-    assert binning.positions.shape == (expected, 3)
     assert binning.pairs == expected
+    # One entry per Gaussian that reaches the grid, however many blocks it reaches.
+    assert binning.positions.shape == (reaching, 3)
+    assert binning.keys.shape == (reaching,)
+    assert np.all(np.diff(binning.keys) >= 0)
+    assert sum(binning.block_sources(block).count for block in _blocks(chunks)) == expected
 
 
 def test_block_far_from_all_centres_has_no_sources(rng):
@@ -560,9 +574,12 @@ def test_block_helpers_agree_with_numpy_and_dask(rng):
     np.testing.assert_array_equal(np.diff(binning.block_offsets), counts)
     assert binning.block_offsets[0] == 0
     assert binning.block_offsets.dtype == np.int64
-    pairs = int(binning.block_offsets[-1])
-    # Per pair a position, a sigma and an amplitude (all per centre here).
-    assert binning.nbytes == (len(flat.ravel()) + 1) * 8 + pairs * (3 + 3 + 1) * 8
+    # Per entry (a Gaussian that reaches the grid) a key, a position, a sigma and an
+    # amplitude (all per centre here); nothing per (Gaussian, block) pair.
+    entries = len(binning.keys)
+    assert entries <= 40 < int(binning.block_offsets[-1])
+    assert binning.nbytes == (len(flat.ravel()) + 1) * 8 + entries * (
+        binning.keys.itemsize + (3 + 3 + 1) * 8)  # fmt: skip
 
 
 def test_the_binning_keeps_its_own_copy_and_shared_values_once(rng):
@@ -572,7 +589,8 @@ def test_the_binning_keeps_its_own_copy_and_shared_values_once(rng):
     binning = bin_gaussians(gaussians, grid, CHUNKS[:1] * 3)
     assert not np.shares_memory(binning.positions, centres)
     assert binning.sigma.shape == (1, 3)  # one sigma for all is kept once
-    assert binning.amplitude.shape == (binning.pairs,)
+    assert binning.amplitude.shape == (5,)  # per entry, not per (Gaussian, block) pair
+    assert binning.pairs > 5
 
 
 def test_block_sources_are_contiguous_with_fixed_dtypes(rng):
@@ -590,3 +608,72 @@ def test_block_sources_are_contiguous_with_fixed_dtypes(rng):
         assert array.dtype == dtype, name
         assert array.shape == shape, name
         assert array.flags.c_contiguous, name
+
+
+# ------------------------------------------------------------------ in parts, on threads
+
+
+def _same_binning(first: Binning, second: Binning) -> None:
+    np.testing.assert_array_equal(first.block_offsets, second.block_offsets)
+    for name in ("keys", "positions", "sigma", "amplitude", "widths"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name), err_msg=name)
+
+
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("threads", [2, 3, 5])
+def test_a_binning_on_threads_is_the_binning_on_one(rng, monkeypatch, periodic, threads):
+    # Parts of a few hundred Gaussians, some reaching nothing (outside, weight zero), so
+    # that parts make different numbers of entries.
+    monkeypatch.setattr(binning_module, "PART_MINIMUM", 64)
+    grid = dg.Grid(shape=(24, 20, 33), spacing=(1.0, 1.5, 1.0))
+    count = 2000
+    centres = rng.uniform(-6, 36, size=(count, 3))
+    weights = rng.choice([0.0, 1.0, -2.5], size=count)
+    gaussians = prepare_gaussians(centres, rng.uniform(0.3, 1.5, (count, 3)), weights=weights)
+    chunks = normalize_chunks((7, 8, 16), shape=grid.shape)
+    alone = bin_gaussians(gaussians, grid, chunks, periodic=periodic)
+    with ThreadPoolExecutor(threads) as executor:
+        shared = bin_gaussians(gaussians, grid, chunks, periodic=periodic, executor=executor)
+    _same_binning(alone, shared)
+    for block in _blocks(chunks):
+        one, other = alone.block_sources(block), shared.block_sources(block)
+        np.testing.assert_array_equal(one.positions, other.positions)
+        np.testing.assert_array_equal(one.amplitude, other.amplitude)
+
+
+@pytest.mark.parametrize("threads", [None, 3])
+@pytest.mark.parametrize("span", [50, 10**6, 2**40, 2**62])
+def test_stable_ranks_sort_stably_over_any_span(rng, monkeypatch, threads, span):
+    # Small spans take the counting sort (in parts on threads), large ones the radix sort.
+    monkeypatch.setattr(binning_module, "PART_MINIMUM", 16)
+    keys = rng.integers(-(2**62), -(2**62) + span, size=3000, dtype=np.int64)
+    keys[::7] = keys[0]  # many ties
+    ranks = np.empty(len(keys), np.int64)
+    if threads is None:
+        stable_ranks(keys, ranks)
+    else:
+        with ThreadPoolExecutor(threads) as executor:
+            stable_ranks(keys, ranks, executor)
+    order = np.empty_like(ranks)
+    order[ranks] = np.arange(len(keys))
+    np.testing.assert_array_equal(order, np.argsort(keys, kind="stable"))
+
+
+def test_a_wide_gaussian_on_a_huge_sparse_grid(rng):
+    # One support as wide as the grid makes every block's search window the whole grid:
+    # 2^12 x 2^12 rows of bins. The gather scans the few entries of each x slab instead
+    # of searching each row (seconds per block).
+    grid = dg.Grid(shape=2**14)
+    centres = np.vstack([rng.uniform(0, 2**14, size=(50, 3)), [[8000.0, 8000.0, 8000.0]]])
+    sigma = np.r_[np.full(50, 2.0), 1500.0]
+    weights = np.arange(1.0, 52)
+    binning = _bin(centres, sigma, weights, grid, normalize_chunks(1024, shape=grid.shape))
+    assert binning.widths.max() > 2**13
+    for block in [(0, 0, 0), (7, 7, 7), (15, 3, 9)]:
+        sources = binning.block_sources(block)
+        expected = {
+            int(w) for w, c, s in zip(weights, centres, sigma, strict=True)
+            if _reaches(grid.axes, _edges(binning.chunks), block, c, _radius(np.full(3, s), 1e-6))
+        }  # fmt: skip
+        assert {int(a) for a in sources.amplitude} == expected
+        assert sources.count == binning.block_count(block)
