@@ -77,7 +77,8 @@ class BlockSources:
     positions : ndarray, shape (K, 3), float64
     sigma : ndarray, shape (K, 3), or (1, 3) shared by all, float64
     amplitude : ndarray, shape (K,), or (1,) shared by all, float64
-    index_low, index_high : ndarray, shape (K, 3), int64
+    index_low, index_high : ndarray, shape (K, 3), int32 (int64 on grids of 2^31 samples
+        or more along an axis)
         Inclusive global sample index range of each support box, clipped to the grid.
     covariance : ndarray, shape (K, 6), or (1, 6) shared by all, float64, or None
         Full covariances (rows ``xx, xy, xz, yy, yz, zz``); None for axis-aligned
@@ -124,10 +125,10 @@ def _index_range(position, radius, origin, spacing, last):
 
 
 @numba.njit(nogil=True, cache=True)
-def _index_boxes(positions, sigma, half_width, origin, spacing, shape):
+def _index_boxes(positions, sigma, half_width, origin, spacing, shape, box_type):
     count = positions.shape[0]
-    low = np.empty((count, 3), np.int64)
-    high = np.empty((count, 3), np.int64)
+    low = np.empty((count, 3), box_type.dtype)
+    high = np.empty((count, 3), box_type.dtype)
     sigma_step = 1 if sigma.shape[0] > 1 else 0  # one row shared by all, or one per source
     for c in range(count):
         for d in range(3):
@@ -150,11 +151,18 @@ def index_boxes(
 
     Returns
     -------
-    index_low, index_high : ndarray, shape (K, 3), int64
+    index_low, index_high : ndarray, shape (K, 3), int32 or int64
         Empty on an axis (low > high) where the box misses the grid there.
     """
     return _index_boxes(positions, sigma, support_half_width(tol), np.array(grid.origin),
-                        np.array(grid.spacing), np.array(grid.shape, np.float64))  # fmt: skip
+                        np.array(grid.spacing), np.array(grid.shape, np.float64),
+                        box_prototype(grid))  # fmt: skip
+
+
+def box_prototype(grid: Grid) -> np.ndarray:
+    """An empty array of the dtype of sample index boxes on ``grid``: int32 where every
+    index fits (half the bytes of a block's sources), else int64."""
+    return np.empty(0, np.int32 if max(grid.shape) < 2**31 - 1 else np.int64)
 
 
 @numba.njit(nogil=True, cache=True)
@@ -462,7 +470,8 @@ def _place_entries(ranks, rows, images, keys, positions, sigma, covariance, ampl
 
 @numba.njit(nogil=True, cache=True)
 def _gather_block(first, last, count, widths, keys, positions, sigma, covariance, amplitude,
-                  half_width, margin, origin, spacing, shape, bin_shape, with_keys):  # fmt: skip
+                  half_width, margin, origin, spacing, shape, bin_shape, with_keys,
+                  box_type):  # fmt: skip
     """The entries whose support reaches samples ``first..last`` (inclusive, per axis), in
     summation order: keys (none unless ``with_keys``), positions, sigmas, covariances,
     amplitudes, index boxes.
@@ -484,8 +493,8 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
     out_sigma = np.empty((count if sigma_step else 1, 3))
     out_covariance = np.empty((count if covariance_step else covariance.shape[0], 6))
     out_amplitude = np.empty(count if amplitude_step else 1)
-    index_low = np.empty((count, 3), np.int64)
-    index_high = np.empty((count, 3), np.int64)
+    index_low = np.empty((count, 3), box_type.dtype)
+    index_high = np.empty((count, 3), box_type.dtype)
     if not sigma_step:
         out_sigma[0] = sigma[0]
     if covariance.shape[0] == 1:
@@ -666,7 +675,8 @@ class Binning:
         found, *gathered = _gather_block(
             start, last, count, self.widths, self.keys, self.positions, self.sigma, covariance,
             self.amplitude, reach.half_width, reach.margin, reach.origin, reach.spacing,
-            reach.shape, np.array(BIN_SHAPE, np.int64), with_keys)  # fmt: skip
+            reach.shape, np.array(BIN_SHAPE, np.int64), with_keys,
+            box_prototype(self.grid))  # fmt: skip
         if found != count:
             raise RuntimeError(f"block {block_index}: the binning counted {count} sources, "
                                f"the gather found {found}")  # fmt: skip

@@ -199,7 +199,7 @@ def add_covariance_gaussians_to_block(
         with a number that is not finite, is skipped.
     amplitude : ndarray, shape (K,), or (1,) shared by all, float64
         Peak value of each Gaussian.
-    index_low, index_high : ndarray, shape (K, 3), int64
+    index_low, index_high : ndarray, shape (K, 3), int32 or int64
         Inclusive global sample index range of each support box (clipped to the
         grid; it may reach beyond the block, or be empty): for the error bound it
         must hold the tol ellipsoid, ``sqrt(S_dd) sqrt(2 ln(1/tol))`` about the centre.

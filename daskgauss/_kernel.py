@@ -336,7 +336,7 @@ def add_gaussians_to_block(
         Standard deviation of each Gaussian along each axis (coordinate units).
     amplitude : ndarray, shape (K,), or (1,) shared by all, float64
         Peak value of each Gaussian (weight times normalisation).
-    index_low, index_high : ndarray, shape (K, 3), int64
+    index_low, index_high : ndarray, shape (K, 3), int32 or int64
         Inclusive global sample index range of each Gaussian's support box.
     log_inverse_tol : float
         ``ln(1 / tol)``. A row is skipped where its x-y exponent exceeds it,

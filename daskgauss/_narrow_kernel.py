@@ -486,7 +486,7 @@ def prefer_narrow(block_voxels: int, index_low: np.ndarray, index_high: np.ndarr
     ----------
     block_voxels : int
         The block's size.
-    index_low, index_high : ndarray, shape (K, 3), int64
+    index_low, index_high : ndarray, shape (K, 3), int32 or int64
         The sources' support boxes (sample indices).
 
     Rule: the narrow kernel where sources are dense (at least one per

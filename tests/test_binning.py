@@ -27,6 +27,7 @@ from daskgauss._binning import (
     BlockSources,
     bin_gaussians,
     block_edges,
+    index_boxes,
     stable_ranks,
 )
 from daskgauss._gaussians import prepare_gaussians
@@ -269,8 +270,18 @@ def test_index_ranges_are_exact_inclusive_and_clipped():
     assert _identify(sources) == [0, 1, 2]
     np.testing.assert_array_equal(sources.index_low, [[0, 3, 7], [0, 9, 2], [7, 7, 7]])
     np.testing.assert_array_equal(sources.index_high, [[2, 7, 9], [0, 9, 6], [9, 9, 9]])
-    assert sources.index_low.dtype == np.int64
-    assert sources.index_high.dtype == np.int64
+    assert sources.index_low.dtype == np.int32  # int32 while the grid allows
+    assert sources.index_high.dtype == np.int32
+
+
+def test_index_boxes_widen_to_int64_on_grids_past_int32():
+    centres = np.array([[0.0, 0.0, 2.0**31 - 1]])
+    huge = dg.Grid(shape=(4, 4, 2**31 + 8))
+    low, high = index_boxes(centres, np.ones((1, 3)), huge, 1e-6)
+    assert low.dtype == high.dtype == np.int64
+    assert low[0, 2] == 2**31 - 6 and high[0, 2] == 2**31 + 4
+    low, _ = index_boxes(centres, np.ones((1, 3)), dg.Grid(shape=(4, 4, 2**31 - 2)), 1e-6)
+    assert low.dtype == np.int32
 
 
 def test_index_ranges_on_anisotropic_grid():
@@ -601,8 +612,8 @@ def test_block_sources_are_contiguous_with_fixed_dtypes(rng):
         ("positions", np.float64, (sources.count, 3)),
         ("sigma", np.float64, (1, 3)),  # one sigma for all: kept as one row
         ("amplitude", np.float64, (sources.count,)),
-        ("index_low", np.int64, (sources.count, 3)),
-        ("index_high", np.int64, (sources.count, 3)),
+        ("index_low", np.int32, (sources.count, 3)),  # int32 while the grid allows
+        ("index_high", np.int32, (sources.count, 3)),
     ]:
         array = getattr(sources, name)
         assert array.dtype == dtype, name
