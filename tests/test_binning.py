@@ -279,7 +279,8 @@ def test_index_boxes_widen_to_int64_on_grids_past_int32():
     huge = dg.Grid(shape=(4, 4, 2**31 + 8))
     low, high = index_boxes(centres, np.ones((1, 3)), huge, 1e-6)
     assert low.dtype == high.dtype == np.int64
-    assert low[0, 2] == 2**31 - 6 and high[0, 2] == 2**31 + 4
+    assert low[0, 2] == 2**31 - 6
+    assert high[0, 2] == 2**31 + 4
     low, _ = index_boxes(centres, np.ones((1, 3)), dg.Grid(shape=(4, 4, 2**31 - 2)), 1e-6)
     assert low.dtype == np.int32
 
