@@ -34,7 +34,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
@@ -483,11 +483,27 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
     so the gathered entries stay in it. Whether an entry reaches the block is decided
     by its index ranges alone (the bins only narrow the search). ``count`` is the
     number the binning counted for the block; the number found is returned first, for
-    the caller to check.
+    the caller to check. With ``count`` negative (a box that is not one block) the
+    arrays hold the candidates' number and the first ``found`` rows are the sources.
     """
     sigma_step = 1 if sigma.shape[0] > 1 else 0
     covariance_step = 1 if covariance.shape[0] > 1 else 0
     amplitude_step = 1 if amplitude.shape[0] > 1 else 0
+    bins = np.empty(3, np.int64)
+    low_bin = np.empty(3, np.int64)
+    high_bin = np.empty(3, np.int64)
+    for d in range(3):
+        bins[d] = (np.int64(shape[d]) + bin_shape[d] - 1) // bin_shape[d]
+        low_bin[d] = max(first[d] - widths[d], 0) // bin_shape[d]
+        high_bin[d] = min(last[d] + widths[d], np.int64(shape[d]) - 1) // bin_shape[d]
+    if count < 0:
+        # At most every entry of the window's bins.
+        count = 0
+        for bx in range(low_bin[0], high_bin[0] + 1):
+            plane = bx * bins[1]
+            count += np.searchsorted(keys, (plane + high_bin[1]) * bins[2] + high_bin[2],
+                                     side="right") - np.searchsorted(
+                keys, (plane + low_bin[1]) * bins[2] + low_bin[2])  # fmt: skip
     out_keys = np.empty(count if with_keys else 0, keys.dtype)
     out_positions = np.empty((count, 3))
     out_sigma = np.empty((count if sigma_step else 1, 3))
@@ -501,13 +517,6 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
         out_covariance[0] = covariance[0]
     if not amplitude_step:
         out_amplitude[0] = amplitude[0]
-    bins = np.empty(3, np.int64)
-    low_bin = np.empty(3, np.int64)
-    high_bin = np.empty(3, np.int64)
-    for d in range(3):
-        bins[d] = (np.int64(shape[d]) + bin_shape[d] - 1) // bin_shape[d]
-        low_bin[d] = max(first[d] - widths[d], 0) // bin_shape[d]
-        high_bin[d] = min(last[d] + widths[d], np.int64(shape[d]) - 1) // bin_shape[d]
     low = np.empty(3, np.int64)
     high = np.empty(3, np.int64)
     found = 0
@@ -668,24 +677,45 @@ class Binning:
     def _gather(self, block_index: tuple[int, int, int], with_keys: bool) -> tuple:
         """:func:`_gather_block` for one block, checked."""
         start = self.block_start(block_index)
-        last = start + np.array(self.block_shape(block_index), np.int64) - 1
         count = self.block_count(block_index)
-        reach = Reach.of(self.grid, self.tol, self.level)
-        covariance = np.empty((0, 6)) if self.covariance is None else self.covariance
-        found, *gathered = _gather_block(
-            start, last, count, self.widths, self.keys, self.positions, self.sigma, covariance,
-            self.amplitude, reach.half_width, reach.margin, reach.origin, reach.spacing,
-            reach.shape, np.array(BIN_SHAPE, np.int64), with_keys,
-            box_prototype(self.grid))  # fmt: skip
+        found, *gathered = self._gather_box(start, self.block_shape(block_index), count,
+                                            with_keys)  # fmt: skip
         if found != count:
             raise RuntimeError(f"block {block_index}: the binning counted {count} sources, "
                                f"the gather found {found}")  # fmt: skip
         return tuple(gathered)
 
+    def _gather_box(self, start: np.ndarray, shape: Sequence[int], count: int,
+                    with_keys: bool) -> tuple:  # fmt: skip
+        """:func:`_gather_block` for samples ``start .. start + shape - 1``."""
+        last = start + np.array(shape, np.int64) - 1
+        reach = Reach.of(self.grid, self.tol, self.level)
+        covariance = np.empty((0, 6)) if self.covariance is None else self.covariance
+        return _gather_block(
+            start, last, count, self.widths, self.keys, self.positions, self.sigma, covariance,
+            self.amplitude, reach.half_width, reach.margin, reach.origin, reach.spacing,
+            reach.shape, np.array(BIN_SHAPE, np.int64), with_keys,
+            box_prototype(self.grid))  # fmt: skip
+
     def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
         """The sources that reach the block, in summation order."""
-        _, positions, sigma, covariance, amplitude, index_low, index_high = self._gather(
-            block_index, with_keys=False)  # fmt: skip
+        return self._sources(self._gather(block_index, with_keys=False))
+
+    def box_sources(self, start: np.ndarray, shape: Sequence[int]) -> BlockSources:
+        """The sources that reach samples ``start .. start + shape - 1`` (inclusive, on the
+        grid the blocks are of: any box, such as part of a block), in summation order."""
+        found, *gathered = self._gather_box(np.asarray(start, np.int64), shape, -1, False)
+        # Rows per source (not the one row of a value all share) are cut to those found.
+        covariance = self.covariance if self.covariance is not None else np.empty((0, 6))
+        shared = (True, False, len(self.sigma) == 1, len(covariance) <= 1,
+                  len(self.amplitude) == 1, False, False)  # fmt: skip
+        cut = tuple(values if one else values[:found]
+                    for values, one in zip(gathered, shared, strict=True))  # fmt: skip
+        return self._sources(cut)
+
+    def _sources(self, gathered: tuple) -> BlockSources:
+        """Gathered keys, positions, sigmas, covariances, amplitudes and boxes as sources."""
+        _, positions, sigma, covariance, amplitude, index_low, index_high = gathered
         if self.level:
             # The boxes above are of the level's samples; the kernels want level 0's.
             index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)

@@ -15,6 +15,7 @@ covariances have a kernel of their own (:mod:`._covariance_kernel`).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import dask.utils
@@ -22,14 +23,14 @@ import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _config
-from ._binning import BlockSources
+from ._binning import Binning, BlockSources
 from ._covariance_kernel import add_covariance_gaussians_to_block
 from ._gaussians import diagonal_rows
 from ._grid import Grid
 from ._kernel import add_gaussians_to_block, add_level_gaussians_to_block
 from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
 
-__all__ = ["KERNELS", "choose_kernel", "render_block"]
+__all__ = ["KERNELS", "choose_kernel", "render_binned_block", "render_block"]
 
 KERNELS = ("auto", "strips", "narrow")
 
@@ -129,6 +130,39 @@ def render_block(
         add_narrow_gaussians_to_block(*arguments, True)
     else:
         add_gaussians_to_block(*arguments, strip_rows(block_shape[2], out.dtype.itemsize), True)
+    return out
+
+
+# Bytes a gathered source takes while its block renders: position (3 float64) and index
+# box (6 int32).
+SOURCE_BYTES = 48
+
+
+def render_binned_block(binning: Binning, index: tuple[int, int, int], dtype: DTypeLike
+                        ) -> np.ndarray:  # fmt: skip
+    """Block ``index`` of a binned volume.
+
+    A block whose sources would take more than ``daskgauss.block-source-bytes`` while
+    it renders is rendered in x slabs, each gathering only the sources that reach it,
+    so that a thread holds about one block plus that much: the same bits (the
+    kernels compute from global indices, in the binning's order), a little more work
+    where a support spans two slabs.
+    """
+    start = binning.block_start(index)
+    shape = binning.block_shape(index)
+    budget = dask.utils.parse_bytes(_config.get("block-source-bytes"))
+    slabs = min(shape[0], max(1, -(-binning.block_count(index) * SOURCE_BYTES // budget)))
+    if slabs == 1:
+        return render_block(binning.block_sources(index), binning.grid, binning.tol, start,
+                            shape, dtype, level=binning.level)  # fmt: skip
+    out = np.empty(shape, dtype=dtype)
+    edges = [shape[0] * s // slabs for s in range(slabs + 1)]
+    for low, high in itertools.pairwise(edges):
+        slab_start = start + np.array([low, 0, 0])
+        slab_shape = (high - low, shape[1], shape[2])
+        render_block(binning.box_sources(slab_start, slab_shape), binning.grid, binning.tol,
+                     slab_start, slab_shape, dtype, out=out[low:high],
+                     level=binning.level)  # fmt: skip
     return out
 
 

@@ -568,6 +568,27 @@ def test_narrow_bits_do_not_depend_on_chunks_threads_or_kernel(rng):
         np.testing.assert_array_equal(result, expected, err_msg=f"{workers} workers")
 
 
+@pytest.mark.parametrize("periodic", [False, True])
+@pytest.mark.parametrize("budget", ["1 KiB", "40 KiB"])
+def test_blocks_rendered_in_slabs_for_memory_are_the_same_bits(rng, periodic, budget):
+    """A block whose sources exceed daskgauss.block-source-bytes renders in x slabs, each
+    gathering its own sources (1 KiB: one plane per slab; 40 KiB: a few slabs): the
+    same bits, also with per-centre sigmas, signed weights and on a pyramid level."""
+    grid = dg.Grid.from_box(0, 24, (24, 20, 28)) if periodic else dg.Grid(shape=(24, 20, 28))
+    centres = rng.uniform(-2, 26, size=(3000, 3))
+    sigma = rng.uniform(0.3, 1.2, size=(3000, 3))
+    weights = rng.normal(size=3000)
+    for level in (0, 1):
+        if periodic and level:
+            continue
+        arguments = dict(weights=weights, periodic=periodic, chunks=(12, 20, 28), level=level)
+        expected = dg.gaussian_sum(centres, sigma, grid, **arguments).compute()
+        with dask.config.set({"daskgauss.block-source-bytes": budget}):
+            sliced = dg.gaussian_sum(centres, sigma, grid, **arguments).compute()
+        np.testing.assert_array_equal(sliced, expected, err_msg=f"level {level}")
+    assert np.abs(expected).max() > 0.1
+
+
 def test_periodic_narrow_bits_do_not_depend_on_the_chunking(rng):
     grid = dg.Grid.from_box(0, 10, (20, 24, 16))
     centres = rng.uniform(-1, 11, size=(2000, 3))
