@@ -755,8 +755,10 @@ class Binning:
         """
         offsets = self.block_offsets
         pieces = []
-        flat = int(np.searchsorted(offsets, start, side="right")) - 1
         while start < stop:
+            # The block holding row ``start`` (the last of equal offsets: empty blocks,
+            # most of a sparse grid's, are skipped, never gathered).
+            flat = int(np.searchsorted(offsets, start, side="right")) - 1
             if flat not in self._last_table_block:
                 self._last_table_block.clear()
                 self._last_table_block[flat] = self._table_block(flat)
@@ -764,7 +766,6 @@ class Binning:
             first = int(offsets[flat])
             pieces.append(self._last_table_block[flat][start - first : end - first])
             start = end
-            flat += 1
         if not pieces:
             columns = TABLE_COLUMNS if self.covariance is None else COVARIANCE_TABLE_COLUMNS
             return np.empty((0, columns))

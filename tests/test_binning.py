@@ -689,3 +689,30 @@ def test_a_wide_gaussian_on_a_huge_sparse_grid(rng):
         }  # fmt: skip
         assert {int(a) for a in sources.amplitude} == expected
         assert sources.count == binning.block_count(block)
+
+
+def test_the_table_gathers_each_reached_block_once_and_no_empty_one(rng, monkeypatch):
+    grid = dg.Grid(shape=64)
+    centres = np.vstack([rng.uniform(0, 6, size=(30, 3)), rng.uniform(50, 60, size=(30, 3))])
+    binning = _bin(centres, 0.8, np.arange(1.0, 61), grid, normalize_chunks(8, shape=grid.shape))
+    counts = np.diff(binning.block_offsets)
+    assert (counts == 0).sum() > 400  # most of the 512 blocks are empty
+    gathered = []
+    original = Binning._table_block
+
+    def counted(self, flat):
+        gathered.append(flat)
+        return original(self, flat)
+
+    monkeypatch.setattr(Binning, "_table_block", counted)
+    offsets, columns, table_rows = binning.table
+    # Pieces that start and end inside blocks, as a store asks for them.
+    edges = [*list(range(0, binning.pairs, 7)), binning.pairs]
+    table = np.concatenate([table_rows(a, b) for a, b in itertools.pairwise(edges)])
+    assert sorted(gathered) == sorted(set(gathered)) == list(np.flatnonzero(counts))
+    for flat in np.flatnonzero(counts):
+        index = tuple(int(i) for i in np.unravel_index(flat, binning.numblocks))
+        rows = table[offsets[flat] : offsets[flat + 1]]
+        sources = BlockSources.from_table(rows, grid, binning.tol)
+        np.testing.assert_array_equal(sources.positions, binning.block_sources(index).positions)
+    assert table.shape == (binning.pairs, columns)
