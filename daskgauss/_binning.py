@@ -431,21 +431,6 @@ def _run(executor: Executor | None, function: Callable, arguments: list[tuple]) 
     return [future.result() for future in [executor.submit(function, *a) for a in arguments]]
 
 
-@numba.njit(nogil=True, cache=True, inline="always")
-def _copy_shape(source, target, sigma, covariance, amplitude, out_sigma, out_covariance,
-                out_amplitude, per_sigma, per_covariance, per_amplitude):  # fmt: skip
-    """Row ``source``'s sigma, covariance and amplitude to row ``target`` of the ``out_``
-    arrays, each where it is per row (not one shared row)."""
-    if per_sigma:
-        for d in range(3):
-            out_sigma[target, d] = sigma[source, d]
-    if per_covariance:
-        for d in range(6):
-            out_covariance[target, d] = covariance[source, d]
-    if per_amplitude:
-        out_amplitude[target] = amplitude[source]
-
-
 @numba.njit(nogil=True, cache=True)
 def _place_entries(ranks, rows, images, keys, positions, sigma, covariance, amplitude, period,
                    periodic, out_keys, out_positions, out_sigma, out_covariance,
@@ -473,8 +458,14 @@ def _place_entries(ranks, rows, images, keys, positions, sigma, covariance, ampl
                     out_positions[j, d] = positions[c, d] + period[d]
                 elif shifts[d] == -1:
                     out_positions[j, d] = positions[c, d] - period[d]
-        _copy_shape(c, j, sigma, covariance, amplitude, out_sigma, out_covariance, out_amplitude,
-                    per_sigma, per_covariance, per_amplitude)  # fmt: skip
+        if per_sigma:
+            for d in range(3):
+                out_sigma[j, d] = sigma[c, d]
+        if per_covariance:
+            for d in range(6):
+                out_covariance[j, d] = covariance[c, d]
+        if per_amplitude:
+            out_amplitude[j] = amplitude[c]
 
 
 @numba.njit(nogil=True, cache=True)
@@ -566,8 +557,16 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
                     out_positions[at, d] = positions[j, d]
                     index_low[at, d] = low[d]
                     index_high[at, d] = high[d]
-                _copy_shape(j, at, sigma, covariance, amplitude, out_sigma, out_covariance,
-                            out_amplitude, sigma_step, covariance_step, amplitude_step)  # fmt: skip
+                # Written out as in _place_entries: a helper shared by both loops made
+                # each twice as slow (measured: binning 10^6 centres 53 -> 100 ms).
+                if sigma_step:
+                    for d in range(3):
+                        out_sigma[at, d] = sigma[j, d]
+                if covariance_step:
+                    for d in range(6):
+                        out_covariance[at, d] = covariance[j, d]
+                if amplitude_step:
+                    out_amplitude[at] = amplitude[j]
     return (found, out_keys, out_positions, out_sigma, out_covariance, out_amplitude, index_low,
             index_high)  # fmt: skip
 
