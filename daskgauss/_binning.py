@@ -57,6 +57,7 @@ __all__ = [
     "index_boxes",
     "pair_arguments",
     "spatial_order",
+    "stable_order",
     "stable_ranks",
 ]
 
@@ -321,12 +322,8 @@ def spatial_order(
     ndarray, shape (K,), int64
         ``order``: render source ``order[0]`` first, then ``order[1]``, ...
     """
-    keys = _order_keys(positions, origin, spacing, index_low, index_high, bin_shape)
-    ranks = np.empty(len(keys), np.int64)
-    stable_ranks(keys, ranks)
-    order = np.empty(len(keys), np.int64)
-    order[ranks] = np.arange(len(keys))
-    return order
+    return stable_order(_order_keys(positions, origin, spacing, index_low, index_high,
+                                    bin_shape))  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True)
@@ -410,6 +407,16 @@ def stable_ranks(keys: np.ndarray, ranks: np.ndarray, executor: Executor | None 
          [(keys[a:b], low, counts[p], ranks[a:b]) for p, (a, b) in enumerate(parts)])  # fmt: skip
 
 
+def stable_order(keys: np.ndarray) -> np.ndarray:
+    """The permutation, int64, that sorts ``keys`` (integers) stably: ``keys[order]`` is
+    sorted, ties in the given order (:func:`stable_ranks`, inverted)."""
+    ranks = np.empty(len(keys), np.int64)
+    stable_ranks(keys, ranks)
+    order = np.empty(len(keys), np.int64)
+    order[ranks] = np.arange(len(keys))
+    return order
+
+
 # Fewest Gaussians per part of a binning split over threads: below this a split costs
 # more than it saves.
 PART_MINIMUM = 1 << 17
@@ -484,7 +491,8 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
     by its index ranges alone (the bins only narrow the search). ``count`` is the
     number the binning counted for the block; the number found is returned first, for
     the caller to check. With ``count`` negative (a box that is not one block) the
-    arrays hold the candidates' number and the first ``found`` rows are the sources.
+    arrays are sized for every candidate; either way they are returned cut to the
+    sources found.
     """
     sigma_step = 1 if sigma.shape[0] > 1 else 0
     covariance_step = 1 if covariance.shape[0] > 1 else 0
@@ -567,8 +575,13 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
                         out_covariance[at, d] = covariance[j, d]
                 if amplitude_step:
                     out_amplitude[at] = amplitude[j]
-    return (found, out_keys, out_positions, out_sigma, out_covariance, out_amplitude, index_low,
-            index_high)  # fmt: skip
+    # Rows per source (not the one row of a value all share) cut to those found.
+    kept = min(found, count)
+    out_sigma = out_sigma[:kept] if sigma_step else out_sigma
+    out_covariance = out_covariance[:kept] if covariance_step else out_covariance
+    out_amplitude = out_amplitude[:kept] if amplitude_step else out_amplitude
+    return (found, out_keys[:kept], out_positions[:kept], out_sigma, out_covariance,
+            out_amplitude, index_low[:kept], index_high[:kept])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -706,14 +719,8 @@ class Binning:
     def box_sources(self, start: np.ndarray, shape: Sequence[int]) -> BlockSources:
         """The sources that reach samples ``start .. start + shape - 1`` (inclusive, on the
         grid the blocks are of: any box, such as part of a block), in summation order."""
-        found, *gathered = self._gather_box(np.asarray(start, np.int64), shape, -1, False)
-        # Rows per source (not the one row of a value all share) are cut to those found.
-        covariance = self.covariance if self.covariance is not None else np.empty((0, 6))
-        shared = (True, False, len(self.sigma) == 1, len(covariance) <= 1,
-                  len(self.amplitude) == 1, False, False)  # fmt: skip
-        cut = tuple(values if one else values[:found]
-                    for values, one in zip(gathered, shared, strict=True))  # fmt: skip
-        return self._sources(cut)
+        _, *gathered = self._gather_box(np.asarray(start, np.int64), shape, -1, False)
+        return self._sources(tuple(gathered))
 
     def _sources(self, gathered: tuple) -> BlockSources:
         """Gathered keys, positions, sigmas, covariances, amplitudes and boxes as sources."""

@@ -30,7 +30,7 @@ from ._grid import Grid
 from ._kernel import add_gaussians_to_block, add_level_gaussians_to_block
 from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
 
-__all__ = ["KERNELS", "choose_kernel", "render_binned_block", "render_block"]
+__all__ = ["KERNELS", "block_source_bytes", "choose_kernel", "render_binned_block", "render_block"]
 
 KERNELS = ("auto", "strips", "narrow")
 
@@ -138,6 +138,12 @@ def render_block(
 SOURCE_BYTES = 48
 
 
+def block_source_bytes() -> int:
+    """``daskgauss.block-source-bytes`` in bytes; a clear error unless a positive size."""
+    return _config.positive("block-source-bytes", dask.utils.parse_bytes,
+                            "a positive size such as '32 MiB'")  # fmt: skip
+
+
 def render_binned_block(binning: Binning, index: tuple[int, int, int], dtype: DTypeLike
                         ) -> np.ndarray:  # fmt: skip
     """Block ``index`` of a binned volume.
@@ -150,7 +156,7 @@ def render_binned_block(binning: Binning, index: tuple[int, int, int], dtype: DT
     """
     start = binning.block_start(index)
     shape = binning.block_shape(index)
-    budget = dask.utils.parse_bytes(_config.get("block-source-bytes"))
+    budget = block_source_bytes()
     slabs = min(shape[0], max(1, -(-binning.block_count(index) * SOURCE_BYTES // budget)))
     if slabs == 1:
         return render_block(binning.block_sources(index), binning.grid, binning.tol, start,

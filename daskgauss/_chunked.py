@@ -32,7 +32,7 @@ from ._binning import (
     bin_gaussians,
     count_pairs,
     index_boxes,
-    stable_ranks,
+    stable_order,
 )
 from ._block import render_block
 from ._gaussians import Gaussians, prepare_gaussians
@@ -274,10 +274,7 @@ def merge(pieces: tuple[Piece, ...], settings: ChunkSettings) -> BlockSources:
     """
     counts = [len(piece[0]) for piece in pieces]
     keys = np.concatenate([piece[3] for piece in pieces])
-    order = np.empty(len(keys), np.int64)
-    ranks = np.empty(len(keys), np.int64)
-    stable_ranks(keys, ranks)
-    order[ranks] = np.arange(len(keys))
+    order = stable_order(keys)
 
     def joined(column: int) -> np.ndarray:
         parts = [np.broadcast_to(piece[column], (count, *piece[column].shape[1:]))

@@ -8,7 +8,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._binning import Binning
-from ._block import render_binned_block
+from ._block import block_source_bytes, render_binned_block
 from ._chunked import is_chunked, lazy_volume
 from ._cluster import active_client
 from ._grid import Grid
@@ -160,6 +160,7 @@ def gaussian_sum(
     if is_chunked(centres, sigma, weights, covariance):
         chunked = plan_chunked(request, lazy=True, level=level)
         return lazy_volume(chunked.inputs, chunked.settings, chunked.dtype)
+    block_source_bytes()  # a bad setting is refused now, not in every block's task
     job = plan(request, lazy=True, level=level)
     # One graph key holds the binning; every block task depends on it, so the
     # centres are in the graph (and on each worker) once, not once per block. On a

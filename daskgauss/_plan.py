@@ -238,12 +238,9 @@ def build_threads() -> int:
     else dask's ``num_workers`` where set, else the machine's cores. The binning
     does not depend on it.
     """
-    setting = _config.get("build-threads")
-    if str(setting) != "auto":
-        threads = int(setting)  # type: ignore[call-overload]
-        if threads < 1:
-            raise ValueError(f"daskgauss.build-threads must be 'auto' or at least 1, got {setting}")
-        return threads
+    if str(_config.get("build-threads")) != "auto":
+        return _config.positive("build-threads", int,  # type: ignore[arg-type]
+                                "'auto' or a whole number of at least 1")  # fmt: skip
     if dask.config.get("scheduler", None) in _ONE_THREAD_SCHEDULERS:
         return 1
     workers = dask.config.get("num_workers", None)

@@ -607,6 +607,23 @@ def test_unknown_kernel_setting_is_refused():
         dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=8)).compute()
 
 
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("block-source-bytes", "0 B", r"block-source-bytes must be a positive size.*'0 B'"),
+        ("block-source-bytes", "lots", r"block-source-bytes must be a positive size.*'lots'"),
+        ("build-threads", 0, r"build-threads must be 'auto' or a whole number.*got 0"),
+        ("build-threads", "many", r"build-threads must be 'auto' or a whole number.*'many'"),
+    ],
+)
+def test_bad_build_settings_are_refused_before_any_work(setting, value, message):
+    with (
+        dask.config.set({f"daskgauss.{setting}": value}),
+        pytest.raises(ValueError, match=message),
+    ):
+        dg.gaussian_sum(np.zeros((1, 3)), 1.0, dg.Grid(shape=8))  # no compute: refused now
+
+
 def test_a_lazy_array_of_too_many_blocks_is_refused_quickly():
     """100000^3 in default blocks is 6 x 10^7 tasks: a clear error, nothing allocated."""
     import time
