@@ -36,7 +36,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numba
 import numpy as np
@@ -47,7 +47,6 @@ from ._job import Chunks
 
 __all__ = [
     "BIN_SHAPE",
-    "COVARIANCE_TABLE_COLUMNS",
     "Binning",
     "BlockSources",
     "Chunks",
@@ -61,9 +60,6 @@ __all__ = [
     "stable_ranks",
 ]
 
-# Columns of a source table row (see Binning.table_rows), and with covariances.
-TABLE_COLUMNS = 7
-COVARIANCE_TABLE_COLUMNS = TABLE_COLUMNS + 6
 # Samples per spatial-order bin along x, y, z (z is contiguous in memory); bin shapes
 # from 2 x 2 x 16 to 16 x 4 x 4 measured the same.
 BIN_SHAPE = (4, 4, 16)
@@ -97,18 +93,6 @@ class BlockSources:
     def count(self) -> int:
         """Number of sources, K."""
         return int(self.positions.shape[0])
-
-    @classmethod
-    def from_table(cls, rows: np.ndarray, grid: Grid, tol: float) -> BlockSources:
-        """The sources of one block from its rows of :meth:`Binning.table_rows`."""
-        positions = np.ascontiguousarray(rows[:, 0:3])
-        sigma = np.ascontiguousarray(rows[:, 3:6])
-        covariance = None
-        if rows.shape[1] == COVARIANCE_TABLE_COLUMNS:
-            covariance = np.ascontiguousarray(rows[:, TABLE_COLUMNS:])
-        index_low, index_high = index_boxes(positions, sigma, grid, tol)
-        return cls(positions, sigma, np.ascontiguousarray(rows[:, 6]), index_low, index_high,
-                   covariance)  # fmt: skip
 
 
 @numba.njit(nogil=True, cache=True, inline="always")
@@ -477,11 +461,9 @@ def _place_entries(ranks, rows, images, keys, positions, sigma, covariance, ampl
 
 @numba.njit(nogil=True, cache=True)
 def _gather_block(first, last, count, widths, keys, positions, sigma, covariance, amplitude,
-                  half_width, margin, origin, spacing, shape, bin_shape, with_keys,
-                  box_type):  # fmt: skip
+                  half_width, margin, origin, spacing, shape, bin_shape, box_type):  # fmt: skip
     """The entries whose support reaches samples ``first..last`` (inclusive, per axis), in
-    summation order: keys (none unless ``with_keys``), positions, sigmas, covariances,
-    amplitudes, index boxes.
+    summation order: positions, sigmas, covariances, amplitudes, index boxes.
 
     Only the bins within ``widths`` samples of the block are looked at: an entry's bin
     is that of a sample inside its index range, which is at most ``widths`` wide. For
@@ -512,7 +494,6 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
             count += np.searchsorted(keys, (plane + high_bin[1]) * bins[2] + high_bin[2],
                                      side="right") - np.searchsorted(
                 keys, (plane + low_bin[1]) * bins[2] + low_bin[2])  # fmt: skip
-    out_keys = np.empty(count if with_keys else 0, keys.dtype)
     out_positions = np.empty((count, 3))
     out_sigma = np.empty((count if sigma_step else 1, 3))
     out_covariance = np.empty((count if covariance_step else covariance.shape[0], 6))
@@ -559,8 +540,6 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
                 if found > count:
                     continue
                 at = found - 1
-                if with_keys:
-                    out_keys[at] = keys[j]
                 for d in range(3):
                     out_positions[at, d] = positions[j, d]
                     index_low[at, d] = low[d]
@@ -580,8 +559,8 @@ def _gather_block(first, last, count, widths, keys, positions, sigma, covariance
     out_sigma = out_sigma[:kept] if sigma_step else out_sigma
     out_covariance = out_covariance[:kept] if covariance_step else out_covariance
     out_amplitude = out_amplitude[:kept] if amplitude_step else out_amplitude
-    return (found, out_keys[:kept], out_positions[:kept], out_sigma, out_covariance,
-            out_amplitude, index_low[:kept], index_high[:kept])  # fmt: skip
+    return (found, out_positions[:kept], out_sigma, out_covariance, out_amplitude,
+            index_low[:kept], index_high[:kept])  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -630,7 +609,7 @@ class Binning:
         The cut, as a fraction of each Gaussian's peak.
     block_offsets : ndarray, shape (blocks + 1,), int64
         Block ``b`` (C-order flat index) has ``block_offsets[b + 1] - block_offsets[b]``
-        sources: its rows in :meth:`table_rows`.
+        sources.
     keys : ndarray, shape (entries,), int32 or int64
         Each entry's spatial key, ascending.
     positions : ndarray, shape (entries, 3), float64
@@ -659,8 +638,6 @@ class Binning:
     widths: np.ndarray
     covariance: np.ndarray | None = None
     level: int = 0
-    # The last block :meth:`table_rows` gathered, by flat index.
-    _last_table_block: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def numblocks(self) -> tuple[int, int, int]:
@@ -686,22 +663,20 @@ class Binning:
 
     @property
     def pairs(self) -> int:
-        """Number of (Gaussian, block) pairs: the rows of the table."""
+        """Number of (Gaussian, block) pairs."""
         return int(self.block_offsets[-1])
 
-    def _gather(self, block_index: tuple[int, int, int], with_keys: bool) -> tuple:
+    def _gather(self, block_index: tuple[int, int, int]) -> tuple:
         """:func:`_gather_block` for one block, checked."""
         start = self.block_start(block_index)
         count = self.block_count(block_index)
-        found, *gathered = self._gather_box(start, self.block_shape(block_index), count,
-                                            with_keys)  # fmt: skip
+        found, *gathered = self._gather_box(start, self.block_shape(block_index), count)
         if found != count:
             raise RuntimeError(f"block {block_index}: the binning counted {count} sources, "
                                f"the gather found {found}")  # fmt: skip
         return tuple(gathered)
 
-    def _gather_box(self, start: np.ndarray, shape: Sequence[int], count: int,
-                    with_keys: bool) -> tuple:  # fmt: skip
+    def _gather_box(self, start: np.ndarray, shape: Sequence[int], count: int) -> tuple:
         """:func:`_gather_block` for samples ``start .. start + shape - 1``."""
         last = start + np.array(shape, np.int64) - 1
         reach = Reach.of(self.grid, self.tol, self.level)
@@ -709,79 +684,28 @@ class Binning:
         return _gather_block(
             start, last, count, self.widths, self.keys, self.positions, self.sigma, covariance,
             self.amplitude, reach.half_width, reach.margin, reach.origin, reach.spacing,
-            reach.shape, np.array(BIN_SHAPE, np.int64), with_keys,
-            box_prototype(self.grid))  # fmt: skip
+            reach.shape, np.array(BIN_SHAPE, np.int64), box_prototype(self.grid))  # fmt: skip
 
     def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
         """The sources that reach the block, in summation order."""
-        return self._sources(self._gather(block_index, with_keys=False))
+        return self._sources(self._gather(block_index))
 
-    def box_sources(self, start: np.ndarray, shape: Sequence[int]) -> BlockSources:
+    def box_sources(self, block_index: tuple[int, int, int], start: np.ndarray,
+                    shape: Sequence[int]) -> BlockSources:  # fmt: skip
         """The sources that reach samples ``start .. start + shape - 1`` (inclusive, on the
-        grid the blocks are of: any box, such as part of a block), in summation order."""
-        _, *gathered = self._gather_box(np.asarray(start, np.int64), shape, -1, False)
+        grid the blocks are of: any box, such as part of block ``block_index``; the
+        binning finds any box's), in summation order."""
+        _, *gathered = self._gather_box(np.asarray(start, np.int64), shape, -1)
         return self._sources(tuple(gathered))
 
     def _sources(self, gathered: tuple) -> BlockSources:
-        """Gathered keys, positions, sigmas, covariances, amplitudes and boxes as sources."""
-        _, positions, sigma, covariance, amplitude, index_low, index_high = gathered
+        """Gathered positions, sigmas, covariances, amplitudes and boxes as sources."""
+        positions, sigma, covariance, amplitude, index_low, index_high = gathered
         if self.level:
             # The boxes above are of the level's samples; the kernels want level 0's.
             index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)
         covariance = None if self.covariance is None else covariance
         return BlockSources(positions, sigma, amplitude, index_low, index_high, covariance)
-
-    def block_piece(self, block_index: tuple[int, int, int]) -> Piece:
-        """The block's sources with their spatial keys, for merging with other binnings'."""
-        keys, positions, sigma, covariance, amplitude, _, _ = self._gather(block_index, True)
-        covariance = None if self.covariance is None else covariance
-        return positions, sigma, amplitude, keys, covariance
-
-    def _table_block(self, flat: int) -> np.ndarray:
-        """Block ``flat``'s rows of the source table."""
-        index = tuple(int(i) for i in np.unravel_index(flat, self.numblocks))
-        positions, sigma, amplitude, _, covariance = self.block_piece(index)  # type: ignore[arg-type]
-        count = len(positions)
-        columns = (positions, np.broadcast_to(sigma, (count, 3)),
-                   np.broadcast_to(amplitude, (count,))[:, None])  # fmt: skip
-        if covariance is not None:
-            columns += (np.broadcast_to(covariance, (count, 6)),)
-        return np.concatenate(columns, axis=1)
-
-    def table_rows(self, start: int, stop: int) -> np.ndarray:
-        """Rows ``start:stop`` of the source table, for storing.
-
-        Row ``p`` (float64, :data:`TABLE_COLUMNS` columns: x, y, z, sigma x, y, z,
-        amplitude, then with covariances the six entries ``xx, xy, xz, yy, yz, zz``:
-        :data:`COVARIANCE_TABLE_COLUMNS`) is pair ``p``; block ``b`` owns rows
-        ``block_offsets[b]:block_offsets[b + 1]``. The blocks the rows belong to are
-        gathered; the last one is kept, so that a table asked for in ascending pieces
-        gathers each block once. :meth:`BlockSources.from_table` reads a block's rows
-        back (recomputing the sample index ranges).
-        """
-        offsets = self.block_offsets
-        pieces = []
-        while start < stop:
-            # The block holding row ``start`` (the last of equal offsets: empty blocks,
-            # most of a sparse grid's, are skipped, never gathered).
-            flat = int(np.searchsorted(offsets, start, side="right")) - 1
-            if flat not in self._last_table_block:
-                self._last_table_block.clear()
-                self._last_table_block[flat] = self._table_block(flat)
-            end = min(stop, int(offsets[flat + 1]))
-            first = int(offsets[flat])
-            pieces.append(self._last_table_block[flat][start - first : end - first])
-            start = end
-        if not pieces:
-            columns = TABLE_COLUMNS if self.covariance is None else COVARIANCE_TABLE_COLUMNS
-            return np.empty((0, columns))
-        return np.concatenate(pieces)
-
-    @property
-    def table(self) -> tuple[np.ndarray, int, Callable[[int, int], np.ndarray]]:
-        """``(block_offsets, columns, table_rows)``: what a store needs to keep the table."""
-        columns = TABLE_COLUMNS if self.covariance is None else COVARIANCE_TABLE_COLUMNS
-        return self.block_offsets, columns, self.table_rows
 
     @property
     def nbytes(self) -> int:
@@ -789,10 +713,6 @@ class Binning:
         arrays = (self.block_offsets, self.keys, self.positions, self.sigma, self.amplitude)
         arrays += () if self.covariance is None else (self.covariance,)
         return sum(array.nbytes for array in arrays)
-
-
-# A block's sources with their keys: positions, sigmas, amplitudes, keys, covariances.
-Piece = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]
 
 
 def block_edges(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,20 +17,29 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Sequence
+from typing import Protocol
 
 import dask.utils
 import numpy as np
 from numpy.typing import DTypeLike
 
 from . import _config
-from ._binning import Binning, BlockSources
+from ._binning import BlockSources
 from ._covariance_kernel import add_covariance_gaussians_to_block
 from ._gaussians import diagonal_rows
 from ._grid import Grid
 from ._kernel import add_gaussians_to_block, add_level_gaussians_to_block
 from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
 
-__all__ = ["KERNELS", "block_source_bytes", "choose_kernel", "render_binned_block", "render_block"]
+__all__ = [
+    "KERNELS",
+    "BlockFeed",
+    "block_source_bytes",
+    "choose_kernel",
+    "render_block",
+    "render_fed_block",
+]
 
 KERNELS = ("auto", "strips", "narrow")
 
@@ -144,31 +153,57 @@ def block_source_bytes() -> int:
                             "a positive size such as '32 MiB'")  # fmt: skip
 
 
-def render_binned_block(binning: Binning, index: tuple[int, int, int], dtype: DTypeLike
-                        ) -> np.ndarray:  # fmt: skip
-    """Block ``index`` of a binned volume.
+class BlockFeed(Protocol):
+    """Where a block's sources come from: a :class:`._binning.Binning` in memory, or a
+    complete exchange (:class:`._exchange.ExchangedSources`)."""
+
+    grid: Grid
+    tol: float
+    level: int
+
+    def block_start(self, block_index: tuple[int, int, int]) -> np.ndarray: ...
+
+    def block_shape(self, block_index: tuple[int, int, int]) -> tuple[int, int, int]: ...
+
+    def block_count(self, block_index: tuple[int, int, int]) -> int: ...
+
+    def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources: ...
+
+    def box_sources(
+        self, block_index: tuple[int, int, int], start: np.ndarray, shape: Sequence[int]
+    ) -> BlockSources: ...
+
+
+def render_fed_block(
+    feed: BlockFeed,
+    index: tuple[int, int, int],
+    dtype: DTypeLike,
+    out: np.ndarray | None = None,
+) -> np.ndarray:
+    """Block ``index`` of the volume ``feed`` has the sources of (into ``out`` if given).
 
     A block whose sources would take more than ``daskgauss.block-source-bytes`` while
-    it renders is rendered in x slabs, each gathering only the sources that reach it,
-    so that a thread holds about one block plus that much: the same bits (the
-    kernels compute from global indices, in the binning's order), a little more work
-    where a support spans two slabs.
+    it renders is rendered in x slabs, each taking only the sources that reach it, so
+    that a thread holds about one block plus that much, however its sources arrive:
+    the same bits (the kernels compute from global indices, in the summation order),
+    a little more work where a support spans two slabs.
     """
-    start = binning.block_start(index)
-    shape = binning.block_shape(index)
+    start = feed.block_start(index)
+    shape = feed.block_shape(index)
     budget = block_source_bytes()
-    slabs = min(shape[0], max(1, -(-binning.block_count(index) * SOURCE_BYTES // budget)))
+    slabs = min(shape[0], max(1, -(-feed.block_count(index) * SOURCE_BYTES // budget)))
     if slabs == 1:
-        return render_block(binning.block_sources(index), binning.grid, binning.tol, start,
-                            shape, dtype, level=binning.level)  # fmt: skip
-    out = np.empty(shape, dtype=dtype)
+        return render_block(feed.block_sources(index), feed.grid, feed.tol, start, shape, dtype,
+                            out=out, level=feed.level)  # fmt: skip
+    if out is None:
+        out = np.empty(shape, dtype=dtype)
     edges = [shape[0] * s // slabs for s in range(slabs + 1)]
     for low, high in itertools.pairwise(edges):
         slab_start = start + np.array([low, 0, 0])
         slab_shape = (high - low, shape[1], shape[2])
-        render_block(binning.box_sources(slab_start, slab_shape), binning.grid, binning.tol,
+        render_block(feed.box_sources(index, slab_start, slab_shape), feed.grid, feed.tol,
                      slab_start, slab_shape, dtype, out=out[low:high],
-                     level=binning.level)  # fmt: skip
+                     level=feed.level)  # fmt: skip
     return out
 
 

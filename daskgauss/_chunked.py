@@ -1,53 +1,65 @@
-"""Centres in chunks: dask-array inputs, validated and binned where the chunks live.
+"""Centres in chunks: dask-array inputs, validated, binned and exchanged where they live.
 
-When the centres (or per-centre sigmas, covariances or weights) are dask arrays, no process holds
-all of them. Each chunk of rows is validated and binned to the output blocks its
-supports reach by a task of its own (the binning of :mod:`._binning`, per chunk,
-keeping each pair's spatial key); one small task per (chunk, block) picks that
-block's piece; each block's task merges its pieces in chunk order and sorts them
-stably by key. That is the summation order of the in-memory path (by spatial key,
-then by index), so the bits are the same. The graph holds chunks x blocks piece tasks
-and grows with neither M nor the data; dask moves the pieces.
+When the centres (or per-centre sigmas, covariances or weights) are dask arrays, no
+process holds all of them. Each chunk of rows is validated and binned to the output
+blocks its supports reach by a task of its own, which writes the chunk's (Gaussian,
+block) pairs, grouped by block, as one part of an exchange in storage
+(:mod:`._exchange`): the store of a render, or a lazy array's scratch directory
+(:mod:`._scratch`). One task writes the exchange's index once every part is there;
+each block's task reads its own pairs and renders. So the graph holds chunks + blocks
++ 1 tasks beyond the inputs' own, whatever the data and however many (chunk, block)
+pairs hold Gaussians: pairs are rows in storage, not tasks, and a (chunk, block) pair
+without a Gaussian is not even a row of the index.
 
-This module builds task graphs; it knows nothing of numba (the binning and the
-kernels are called through :mod:`._binning` and :mod:`._block`) or of zarr.
+The bits are the in-memory path's: within a part, a block's pairs are in summation
+order; parts are read in chunk order, and a stable sort by spatial key of the rows
+laid end to end gives the order by key, then index over the whole input, whatever the
+chunking of the centres, the number of workers or the order tasks finish in.
+
+A render first checks every chunk (its values, its hash, its pairs per block; the
+results combined through a tree, so that only the totals reach the client), then runs
+the exchange, then the blocks: :mod:`._render` runs each phase. This module builds the
+tasks; it knows nothing of numba or zarr.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import dask
 import dask.array as da
 import numpy as np
 from dask.base import is_dask_collection, tokenize
+from dask.core import flatten
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
-from ._binning import (
-    BlockSources,
-    Piece,
-    bin_gaussians,
-    count_pairs,
-    index_boxes,
-    stable_order,
-)
-from ._block import render_block
+from ._binning import bin_gaussians, count_pairs
+from ._block import render_fed_block
+from ._exchange import Exchange, ExchangedSources, PartSummary
 from ._gaussians import Gaussians, prepare_gaussians
 from ._grid import Grid
-from ._job import Chunks
+from ._job import Blocks, Chunks
+from ._pairs import block_pairs
 
 __all__ = [
     "ChunkSettings",
-    "ChunkSummary",
     "ChunkedInputs",
-    "block_tasks",
+    "InputSummary",
     "chunked_inputs",
+    "combine_summaries",
+    "fingerprint",
     "is_chunked",
-    "summaries",
+    "lazy_volume",
+    "part_tasks",
+    "summary_tasks",
+    "write_index",
 ]
+
+# Chunk summaries combined this many at a time on their way to the client.
+SUMMARY_FAN_IN = 32
 
 
 def is_chunked(*values: object) -> bool:
@@ -69,8 +81,8 @@ class ChunkSettings:
     level: int = 0
 
     @property
-    def blocks(self) -> int:
-        return math.prod(len(sizes) for sizes in self.chunks)
+    def blocks(self) -> Blocks:
+        return Blocks(self.chunks)
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,23 +118,23 @@ class ChunkedInputs:
     def first_rows(self) -> list[int]:
         return [0, *np.cumsum(self.row_chunks)[:-1].tolist()]
 
+    @property
+    def collections(self) -> list[da.Array]:
+        values = (self.centres, self.sigma, self.covariance, self.weights)
+        return [value for value in values if is_dask_collection(value)]
+
     def chunk_arguments(self) -> list[tuple[Any, Any, Any, Any, int]]:
-        """Per chunk: (centres, sigma, covariance, weights, first row), dask objects or
-        shared values."""
-        centres = self.centres.to_delayed().ravel()
-        sigma = _per_chunk(self.sigma, len(centres))
-        covariance = _per_chunk(self.covariance, len(centres))
-        weights = _per_chunk(self.weights, len(centres))
-        return list(zip(centres, sigma, covariance, weights, self.first_rows, strict=True))
+        """Per chunk: (centres, sigma, covariance, weights, first row), each the graph key
+        of the chunk or a value shared by all."""
+        chunks = len(self.row_chunks)
+        columns = [
+            list(flatten(value.__dask_keys__())) if is_dask_collection(value) else [value] * chunks
+            for value in (self.centres, self.sigma, self.covariance, self.weights)
+        ]
+        return list(zip(*columns, self.first_rows, strict=True))
 
     def token(self) -> str:
         return tokenize(self.centres, self.sigma, self.covariance, self.weights)
-
-
-def _per_chunk(value: Any, chunks: int) -> list[Any]:
-    if is_dask_collection(value):
-        return list(value.to_delayed().ravel())
-    return [value] * chunks
 
 
 def _aligned(value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple,
@@ -190,32 +202,49 @@ def _gaussians(centres, sigma, covariance, weights, first_row: int, settings: Ch
 
 
 @dataclass(frozen=True)
-class ChunkSummary:
-    """What pass 1 learns of one chunk: its hash, statistics and pairs per block."""
+class InputSummary:
+    """What checking a run of consecutive chunks learns: hashes, statistics, pairs.
 
-    digest: str
-    count: int
+    Attributes
+    ----------
+    digests : tuple of str
+        Each chunk's SHA-256 (:meth:`Gaussians.fingerprint`), in row order.
+    counts : tuple of int
+        Each chunk's rows.
+    sigma_min, sigma_max, sigma_sum : float
+        Over every Gaussian and axis (the sum for the mean).
+    amplitude_min, amplitude_max : float
+    pairs : tuple of ndarray
+        (Gaussian, block) pairs per block (flat, int64) of the settings' level, then
+        of each further level asked for.
+    """
+
+    digests: tuple[str, ...]
+    counts: tuple[int, ...]
     sigma_min: float
     sigma_max: float
     sigma_sum: float
     amplitude_min: float
     amplitude_max: float
-    # Pairs per block of the chunk's settings' level, then of each further level asked for.
     pairs: tuple[np.ndarray, ...]
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
 
 
 def _summarise(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings,
-               levels: tuple[ChunkSettings, ...] = ()) -> ChunkSummary:  # fmt: skip
+               levels: tuple[ChunkSettings, ...] = ()) -> InputSummary:  # fmt: skip
     """Validate one chunk, hash it and count its (Gaussian, block) pairs per block, of
     ``settings``' blocks and of each pyramid level's in ``levels``."""
     gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
-    sigma_values = np.broadcast_to(gaussians.sigma, (gaussians.count, 3)) if gaussians.count else (
+    empty = gaussians.count == 0
+    sigma_values = np.broadcast_to(gaussians.sigma, (gaussians.count, 3)) if not empty else (
         np.zeros((0, 3)))  # fmt: skip
     amplitude = gaussians.amplitude
-    empty = gaussians.count == 0
-    return ChunkSummary(
-        digest=gaussians.fingerprint(),
-        count=gaussians.count,
+    return InputSummary(
+        digests=(gaussians.fingerprint(),),
+        counts=(gaussians.count,),
         sigma_min=math.inf if empty else float(gaussians.sigma.min()),
         sigma_max=-math.inf if empty else float(gaussians.sigma.max()),
         sigma_sum=float(sigma_values.sum()),
@@ -228,116 +257,114 @@ def _summarise(centres, sigma, covariance, weights, first_row: int, settings: Ch
     )
 
 
-def _chunk_tasks(inputs: ChunkedInputs, settings: ChunkSettings, function: Callable, name: str,
-                 *extra: Any) -> list[Any]:  # fmt: skip
-    """``function(centres, sigma, covariance, weights, first_row, settings, *extra)`` as a
-    task per chunk."""
-    token = tokenize(inputs.token(), settings, name, *extra)
-    return [
-        dask.delayed(function, pure=True)(*arguments, settings, *extra,
-                                          dask_key_name=f"{name}-{token}-{number}")
-        for number, arguments in enumerate(inputs.chunk_arguments())
-    ]  # fmt: skip
+def combine_summaries(*parts: InputSummary) -> InputSummary:
+    """The summary of consecutive runs of chunks, given in row order."""
+    return InputSummary(
+        digests=tuple(digest for part in parts for digest in part.digests),
+        counts=tuple(count for part in parts for count in part.counts),
+        sigma_min=min(part.sigma_min for part in parts),
+        sigma_max=max(part.sigma_max for part in parts),
+        sigma_sum=sum(part.sigma_sum for part in parts),
+        amplitude_min=min(part.amplitude_min for part in parts),
+        amplitude_max=max(part.amplitude_max for part in parts),
+        pairs=tuple(np.sum(level, axis=0) for level in zip(*(p.pairs for p in parts), strict=True)),
+    )
 
 
-def summaries(inputs: ChunkedInputs, settings: ChunkSettings,
-              levels: tuple[ChunkSettings, ...] = ()) -> list[Any]:  # fmt: skip
-    """Pass 1, as delayed tasks: one :class:`ChunkSummary` per chunk (with the pairs of
-    each pyramid level's settings in ``levels``)."""
-    return _chunk_tasks(inputs, settings, _summarise, "daskgauss-summary", levels)
-
-
-def fingerprint(parts: list[ChunkSummary]) -> str:
+def fingerprint(summary: InputSummary) -> str:
     """The job's fingerprint: a SHA-256 over the chunks' own (in row order)."""
     digest = hashlib.sha256()
-    for part in parts:
-        digest.update(f"{part.count}:{part.digest};".encode())
+    for count, chunk in zip(summary.counts, summary.digests, strict=True):
+        digest.update(f"{count}:{chunk};".encode())
     return digest.hexdigest()
 
 
-def _bin_chunk(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings):
+def _chunk_graph(inputs: ChunkedInputs, name: str, tasks: dict[int, tuple]) -> HighLevelGraph:
+    """A graph of the inputs and one layer ``name`` of ``tasks``, keyed ``(name, chunk)``."""
+    layer = {(name, number): task for number, task in tasks.items()}
+    return HighLevelGraph.from_collections(name, layer, dependencies=inputs.collections)
+
+
+def summary_tasks(inputs: ChunkedInputs, settings: ChunkSettings,
+                  levels: tuple[ChunkSettings, ...] = ()) -> list[Delayed]:  # fmt: skip
+    """The checking phase: one :class:`InputSummary` per chunk (with the pairs of each
+    pyramid level's settings in ``levels``), as delayed tasks; combine them with
+    :func:`combine_summaries`."""
+    name = f"daskgauss-check-{tokenize(inputs.token(), settings, levels)}"
+    tasks = {number: (_summarise, *arguments, settings, levels)
+             for number, arguments in enumerate(inputs.chunk_arguments())}  # fmt: skip
+    graph = _chunk_graph(inputs, name, tasks)
+    return [Delayed((name, number), graph, layer=name) for number in tasks]
+
+
+def _write_part(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings,
+                exchange: Exchange, number: int) -> PartSummary:  # fmt: skip
+    """One chunk's task in the exchange: validate, bin, write its part."""
     gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
-    return bin_gaussians(gaussians, settings.grid, settings.chunks, periodic=settings.periodic,
-                         level=settings.level)  # fmt: skip
+    binning = bin_gaussians(gaussians, settings.grid, settings.chunks, periodic=settings.periodic,
+                            level=settings.level)  # fmt: skip
+    return exchange.write_part(number, block_pairs(binning))
 
 
-def _piece(binning, flat: int) -> Piece:
-    """Block ``flat``'s sources of one chunk's binning, with their spatial keys."""
-    return binning.block_piece(tuple(int(i) for i in np.unravel_index(flat, binning.numblocks)))
+def _part_layer(inputs: ChunkedInputs, settings: ChunkSettings, exchange: Exchange,
+                present: frozenset[int] | set[int]) -> tuple[str, dict]:  # fmt: skip
+    name = f"daskgauss-part-{tokenize(inputs.token(), settings, exchange.root)}"
+    layer = {}
+    for number, arguments in enumerate(inputs.chunk_arguments()):
+        if number in present:
+            layer[(name, number)] = (exchange.read_part_summary, number)
+        else:
+            layer[(name, number)] = (_write_part, *arguments, settings, exchange, number)
+    return name, layer
 
 
-def merge(pieces: tuple[Piece, ...], settings: ChunkSettings) -> BlockSources:
-    """A block's sources from its pieces (in chunk order), in summation order.
-
-    A stable sort by spatial key of the pieces laid end to end in chunk order gives
-    the order (key, then index over the whole input): the in-memory path's.
-    """
-    counts = [len(piece[0]) for piece in pieces]
-    keys = np.concatenate([piece[3] for piece in pieces])
-    order = stable_order(keys)
-
-    def joined(column: int) -> np.ndarray:
-        parts = [np.broadcast_to(piece[column], (count, *piece[column].shape[1:]))
-                 if len(piece[column]) == 1 else piece[column]
-                 for piece, count in zip(pieces, counts, strict=True)]  # fmt: skip
-        return np.concatenate(parts).take(order, axis=0) if parts else np.empty((0,))
-
-    positions = joined(0).reshape(-1, 3)
-    sigma = np.ascontiguousarray(joined(1).reshape(-1, 3))
-    amplitude = np.ascontiguousarray(joined(2))
-    covariance = None
-    if pieces and pieces[0][4] is not None:
-        covariance = np.ascontiguousarray(joined(4).reshape(-1, 6))
-    index_low, index_high = index_boxes(positions, sigma, settings.grid, settings.tol)
-    return BlockSources(positions, sigma, amplitude, index_low, index_high, covariance)
+def part_tasks(inputs: ChunkedInputs, settings: ChunkSettings, exchange: Exchange,
+               present: frozenset[int] | set[int] = frozenset()) -> list[Delayed]:  # fmt: skip
+    """The exchange's tasks, one per chunk, each a :class:`PartSummary`: the chunk binned
+    and its part written, or for a part in ``present`` (written whole before) its summary
+    read back, without reading the chunk."""
+    name, layer = _part_layer(inputs, settings, exchange, present)
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=inputs.collections)
+    return [Delayed(key, graph, layer=name) for key in layer]
 
 
-def _render(settings: ChunkSettings, dtype: str, index: tuple, *pieces: Piece) -> np.ndarray:
-    grid = settings.grid
-    start = np.array([sum(settings.chunks[d][: index[d]]) for d in range(3)], np.int64)
-    shape = tuple(settings.chunks[d][index[d]] for d in range(3))
-    return render_block(merge(pieces, settings), grid, settings.tol, start, shape, dtype,
-                        level=settings.level)  # fmt: skip
+def write_index(exchange: Exchange, blocks: int, *summaries: PartSummary) -> str:
+    """The exchange's last task: its index, from every part's summary; returns its id."""
+    return exchange.write_index(summaries, blocks)
 
 
-def block_tasks(
-    inputs: ChunkedInputs,
-    settings: ChunkSettings,
-    blocks: list[tuple[int, int, int]],
-    finish: Callable[..., Any],
-    finish_arguments: tuple,
-    name: str,
-) -> dict[tuple[int, int, int], Any]:
-    """Delayed tasks, one per block of ``blocks``: ``finish(*finish_arguments, index,
-    sources)`` with the block's merged sources; the binning of each chunk is shared.
-    """
-    token = tokenize(inputs.token(), settings, blocks, name)
-    binned = _chunk_tasks(inputs, settings, _bin_chunk, "daskgauss-chunk-bins")
-    numblocks = tuple(len(sizes) for sizes in settings.chunks)
-    tasks = {}
-    for index in blocks:
-        flat = int(np.ravel_multi_index(index, numblocks))
-        pieces = [
-            dask.delayed(_piece, pure=True)(
-                chunk, flat, dask_key_name=f"daskgauss-piece-{token}-{number}-{flat}"
-            )
-            for number, chunk in enumerate(binned)
-        ]
-        tasks[index] = dask.delayed(finish, pure=True)(
-            *finish_arguments, index, *pieces,
-            dask_key_name=f"{name}-{token}-{index[0]}-{index[1]}-{index[2]}",
-        )  # fmt: skip
-    return tasks
+def _render_exchanged(exchange: Exchange, identity: str, settings: ChunkSettings, dtype: str,
+                      index: tuple[int, int, int]) -> np.ndarray:  # fmt: skip
+    """One block of a lazy array, from a complete exchange."""
+    feed = ExchangedSources(exchange.reader(identity), settings.grid, settings.tol,
+                            settings.level, settings.blocks)  # fmt: skip
+    return render_fed_block(feed, index, dtype)
 
 
 def lazy_volume(inputs: ChunkedInputs, settings: ChunkSettings, dtype: np.dtype) -> da.Array:
-    """The volume of chunked inputs as a lazy dask array: blocks computed from pieces."""
-    numblocks = tuple(len(sizes) for sizes in settings.chunks)
-    blocks = [tuple(int(i) for i in index) for index in np.ndindex(*numblocks)]
-    tasks = block_tasks(inputs, settings, blocks, _render, (settings, dtype.str),
-                        "daskgauss-chunked-block")  # fmt: skip
-    arrays = np.empty(numblocks, dtype=object)
-    for index, task in tasks.items():
-        shape = tuple(settings.chunks[d][index[d]] for d in range(3))
-        arrays[index] = da.from_delayed(task, shape=shape, dtype=dtype)
-    return da.block(arrays.tolist())
+    """The volume of chunked inputs as a lazy dask array: a part task per chunk, the index,
+    and a task per block reading its pairs (through a scratch directory, :mod:`._scratch`).
+
+    Computing a slice runs the exchange and the blocks the slice touches.
+    """
+    from ._scratch import keep_while, scratch_exchange
+
+    token = tokenize(inputs.token(), settings, dtype.str)
+    exchange = scratch_exchange(token)
+    parts_name, parts = _part_layer(inputs, settings, exchange, frozenset())
+    index_key = (f"daskgauss-index-{token}", 0)
+    name = f"daskgauss-chunked-{token}"
+    index = {index_key: (write_index, exchange, settings.blocks.count, *parts)}
+    blocks = {
+        (name, *block): (_render_exchanged, exchange, index_key, settings, dtype.str, block)
+        for block in settings.blocks
+    }
+    inputs_graph = HighLevelGraph.from_collections(parts_name, parts, inputs.collections)
+    graph = HighLevelGraph(
+        {**inputs_graph.layers, index_key[0]: MaterializedLayer(index),
+         name: MaterializedLayer(blocks)},
+        {**inputs_graph.dependencies, index_key[0]: {parts_name}, name: {index_key[0]}},
+    )  # fmt: skip
+    volume = da.Array(graph, name, settings.chunks, meta=np.empty((0, 0, 0), dtype=dtype))
+    keep_while(exchange, volume)
+    return volume

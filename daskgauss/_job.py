@@ -26,11 +26,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from ._grid import Grid
 
 __all__ = [
     "FORMAT",
     "FORMAT_READERS",
+    "Blocks",
     "Chunks",
     "JobSpec",
     "StoreFormatError",
@@ -48,6 +51,61 @@ FORMAT_READERS = {
     1: "daskgauss 0.1.x",
     2: "daskgauss 0.2.0 and later releases that write format 2",
 }
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """The blocks of a grid: where each starts, its shape and its number.
+
+    Attributes
+    ----------
+    chunks : tuple of three tuples of ints
+        Block sizes along each axis, as dask normalises them.
+    """
+
+    chunks: Chunks
+
+    @property
+    def numblocks(self) -> tuple[int, int, int]:
+        """Number of blocks along each axis."""
+        return tuple(len(sizes) for sizes in self.chunks)  # type: ignore[return-value]
+
+    @property
+    def count(self) -> int:
+        """Number of blocks."""
+        x, y, z = self.numblocks
+        return x * y * z
+
+    def flat(self, block_index: tuple[int, int, int]) -> int:
+        """C-order flat index of the block at ``block_index``."""
+        x, y, z = block_index
+        _, ny, nz = self.numblocks
+        return (int(x) * ny + int(y)) * nz + int(z)
+
+    def index(self, flat: int) -> tuple[int, int, int]:
+        """The block index of C-order flat index ``flat``."""
+        _, ny, nz = self.numblocks
+        return int(flat) // (ny * nz), int(flat) // nz % ny, int(flat) % nz
+
+    def start(self, block_index: tuple[int, int, int]) -> np.ndarray:
+        """Sample index of the block's first sample, shape (3,), int64."""
+        return np.array([sum(self.chunks[d][: block_index[d]]) for d in range(3)], dtype=np.int64)
+
+    def shape(self, block_index: tuple[int, int, int]) -> tuple[int, int, int]:
+        """Shape of the block."""
+        return tuple(self.chunks[d][block_index[d]] for d in range(3))  # type: ignore[return-value]
+
+    def slices(self, block_index: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        """Where the block sits (sample indices)."""
+        start = self.start(block_index)
+        return tuple(  # type: ignore[return-value]
+            slice(int(s), int(s) + n) for s, n in zip(start, self.shape(block_index), strict=True)
+        )
+
+    def __iter__(self):
+        """Every block index, in C order."""
+        x, y, z = self.numblocks
+        return ((i, j, k) for i in range(x) for j in range(y) for k in range(z))
 
 
 class StoreFormatError(ValueError):

@@ -8,7 +8,7 @@ from dask.highlevelgraph import HighLevelGraph
 from numpy.typing import ArrayLike, DTypeLike
 
 from ._binning import Binning
-from ._block import block_source_bytes, render_binned_block
+from ._block import block_source_bytes, render_fed_block
 from ._chunked import is_chunked, lazy_volume
 from ._cluster import active_client
 from ._grid import Grid
@@ -19,7 +19,7 @@ __all__ = ["gaussian_sum"]
 
 def _render_task(binning: Binning, index: tuple[int, int, int], dtype: str) -> np.ndarray:
     """One dask task: the block at ``index`` of the binned volume."""
-    return render_binned_block(binning, index, dtype)
+    return render_fed_block(binning, index, dtype)
 
 
 def gaussian_sum(

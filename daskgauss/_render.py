@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import threading
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import dask
 import numpy as np
@@ -14,13 +14,24 @@ import zarr
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _config
-from ._binning import Binning, BlockSources, bin_gaussians
-from ._block import render_block
-from ._chunked import ChunkSettings, Piece, block_tasks, fingerprint, is_chunked, merge, summaries
-from ._cluster import SchedulerLostError, active_client
+from ._binning import Binning, bin_gaussians
+from ._block import render_fed_block
+from ._chunked import (
+    SUMMARY_FAN_IN,
+    ChunkedInputs,
+    ChunkSettings,
+    combine_summaries,
+    fingerprint,
+    is_chunked,
+    part_tasks,
+    summary_tasks,
+    write_index,
+)
+from ._exchange import Exchange, ExchangedSources, write_binning
 from ._grid import Grid, checked_level
-from ._job import Chunks, JobSpec, is_regular, regular_chunks
+from ._job import Blocks, Chunks, JobSpec, is_regular, regular_chunks
 from ._lock import holding_lock
+from ._phases import Progress, run_phase
 from ._plan import (
     ChunkedPlan,
     Plan,
@@ -91,63 +102,32 @@ def _block_buffer(shape: tuple[int, int, int], dtype: np.dtype) -> np.ndarray:
     return buffer
 
 
+@functools.lru_cache(maxsize=16)
+def _recorded_pairs(location: str, token: str, level: int) -> np.ndarray:
+    """The store's Gaussians per block of a level, read once per process, job and level."""
+    pairs = open_target_for_job(location, token, level).block_pairs()
+    if pairs is None:
+        raise RuntimeError(f"{location}: level {level} has no record of its blocks' Gaussians")
+    return pairs
+
+
 def _render_and_write(location: str, spec: JobSpec, level: int,
-                      block_index: tuple[int, int, int]) -> int:  # fmt: skip
-    """One task: render one block of a level from the sidecar, write it; return its
-    source count."""
+                      block_index: tuple[int, int, int], exchange_id: str) -> int:  # fmt: skip
+    """One task: render one block of a level from the level's exchange and write it;
+    return its source count."""
     target = open_target_for_job(location, spec.token, level)
-    sources = BlockSources.from_table(target.source_rows(block_index), spec.grid, spec.tol)
-    return _write(target, spec, block_index, sources)
-
-
-def _write_pieces(location: str, spec: JobSpec, settings: ChunkSettings,
-                  block_index: tuple[int, int, int], *pieces: Piece) -> int:  # fmt: skip
-    """One task (chunked centres): render one block from its pieces, write it."""
-    target = open_target_for_job(location, spec.token, settings.level)
-    return _write(target, spec, block_index, merge(pieces, settings))
-
-
-def _write(target: Target, spec: JobSpec, block_index: tuple[int, int, int],
-           sources: BlockSources) -> int:  # fmt: skip
-    """Render one block's sources into the thread's buffer and write it; return the count."""
-    slices = spec.block_slices(block_index, target.level)
-    shape = tuple(s.stop - s.start for s in slices)
+    reader = Exchange(target.exchange_root).reader(exchange_id)
+    feed = ExchangedSources(reader, spec.grid, spec.tol, level, Blocks(spec.level_chunks(level)))
+    count = feed.block_count(block_index)
+    recorded = int(_recorded_pairs(location, spec.token, level)[block_index])
+    if count != recorded:
+        raise RuntimeError(f"block {block_index} of level {level}: the exchange holds {count} "
+                           f"Gaussians, the check counted {recorded}")  # fmt: skip
+    shape = feed.block_shape(block_index)
     dtype = np.dtype(spec.dtype)
-    values = render_block(
-        sources,
-        spec.grid,
-        spec.tol,
-        np.array([s.start for s in slices], dtype=np.int64),
-        shape,  # type: ignore[arg-type]
-        dtype,
-        out=_block_buffer(shape, dtype),  # type: ignore[arg-type]
-        level=target.level,
-    )
+    values = render_fed_block(feed, block_index, dtype, out=_block_buffer(shape, dtype))
     target.write_block(block_index, values)
-    return sources.count
-
-
-def _execute(tasks: list[Any], progress: bool) -> list[int]:
-    """Run the tasks on the active distributed client, or dask's local threads."""
-    client = active_client()
-    if client is not None:
-        from distributed import progress as distributed_progress
-        from distributed.client import FutureCancelledError
-        from distributed.comm import CommClosedError
-
-        futures = client.compute(tasks)
-        try:
-            if progress:
-                distributed_progress(futures)
-            return client.gather(futures)
-        except (FutureCancelledError, CommClosedError):
-            raise SchedulerLostError("the render lost its connection to the scheduler") from None
-    if progress:
-        from dask.diagnostics import ProgressBar
-
-        with ProgressBar():
-            return list(dask.compute(*tasks))
-    return list(dask.compute(*tasks))
+    return count
 
 
 def _record_run(target: Target, report: RenderReport, source: str) -> None:
@@ -161,6 +141,32 @@ def _record_run(target: Target, report: RenderReport, source: str) -> None:
 
 
 @dataclass(frozen=True, eq=False)
+class MemoryFeed:
+    """A level's Gaussians binned in this process: its exchange is written from here."""
+
+    binning: Binning
+
+    def fill(self, exchange: Exchange, progress: Progress | None) -> str:
+        """Write the level's exchange; return its index id."""
+        return write_binning(exchange, self.binning)
+
+
+@dataclass(frozen=True, eq=False)
+class ChunkedFeed:
+    """A level's Gaussians in chunks (dask arrays): each chunk's task writes its part."""
+
+    inputs: ChunkedInputs
+    settings: ChunkSettings
+
+    def fill(self, exchange: Exchange, progress: Progress | None) -> str:
+        """Run the exchange on the cluster (parts written before are kept); return its
+        index id."""
+        tasks = part_tasks(self.inputs, self.settings, exchange, exchange.parts_present())
+        return run_phase(tasks, progress, finish=write_index,
+                         finish_arguments=(exchange, self.settings.blocks.count))  # fmt: skip
+
+
+@dataclass(frozen=True, eq=False)
 class LevelWork:
     """What rendering one pyramid level takes.
 
@@ -169,16 +175,16 @@ class LevelWork:
     level : int
     pairs : ndarray, shape (the level's numblocks), int64
         Gaussians reaching each block of the level (0: nothing to render).
-    binning : Binning or None
-        The level's binning (centres in memory); None for chunked centres.
-    settings : ChunkSettings or None
-        The level's chunk settings (dask-array centres); None in memory.
+    feed : MemoryFeed or ChunkedFeed
+        Where the level's exchange comes from.
+    rows : tuple of int, optional
+        Rows of centres per chunk (chunked inputs), for the exchange's progress.
     """
 
     level: int
     pairs: np.ndarray
-    binning: Binning | None = None
-    settings: ChunkSettings | None = None
+    feed: MemoryFeed | ChunkedFeed
+    rows: tuple[int, ...] | None = None
 
 
 class RenderJob:
@@ -219,29 +225,35 @@ class RenderJob:
         self.overwrite = overwrite
         self.data: zarr.Array | None = None
 
-    def _tasks(self, target: Target, work: LevelWork, pending: list[tuple[int, int, int]]
-               ) -> list[Any]:  # fmt: skip
-        """One render-and-write task per pending block of one level."""
+    def _phase(self, work: LevelWork, name: str, unit: str,
+               rows: tuple[int, ...] | None = None) -> Progress:  # fmt: skip
+        """The progress line of one phase of a level's work."""
+        label = name if not self.spec.levels else f"level {work.level}: {name}"
+        return Progress(label, unit, rows)
+
+    def _render_level(self, target: Target, work: LevelWork,
+                      pending: list[tuple[int, int, int]], progress: bool) -> None:  # fmt: skip
+        """Fill the level's exchange where it is not complete, then render ``pending``."""
         spec = self.spec
+        exchange = Exchange(target.exchange_root)
+        identity = exchange.index_id()
+        if identity is None:
+            target.open_exchange()
+            shown = self._phase(work, "exchange", "chunks", work.rows) if progress else None
+            identity = work.feed.fill(exchange, shown)
         name = f"daskgauss-render-{spec.token}-{work.level}"
-        if work.settings is not None:
-            assert isinstance(self.plan, ChunkedPlan)
-            tasks = block_tasks(self.plan.inputs, work.settings, pending, _write_pieces,
-                                (target.location, spec, work.settings), name)  # fmt: skip
-            return list(tasks.values())
-        assert work.binning is not None
-        if not target.sources_complete():
-            target.write_sources(*work.binning.table)
-        return [
+        tasks = [
             dask.delayed(_render_and_write, pure=True)(
                 target.location,
                 spec,
                 work.level,
                 index,
+                identity,
                 dask_key_name=f"{name}-{index[0]}-{index[1]}-{index[2]}",
             )
             for index in pending
         ]
+        run_phase(tasks, self._phase(work, "render", "blocks") if progress else None)
 
     def run(self, progress: bool = False) -> RenderReport:
         """Create or resume the store, render the blocks not yet done, record the run.
@@ -268,11 +280,15 @@ class RenderJob:
             pending = [tuple(int(i) for i in index)
                        for index in np.argwhere(~done & (work.pairs > 0))]  # fmt: skip
             if pending:
-                _execute(self._tasks(target, work, pending), progress)
+                self._render_level(target, work, pending, progress)
+            # The level is complete: its exchange is no longer needed.
+            Exchange(target.exchange_root).remove()
+            target.remove_legacy_sources()
             blocks += int(work.pairs.size)
             already_done += int(done.sum())
             empty += int(np.count_nonzero(~done & (work.pairs == 0)))
             rendered += len(pending)
+        level_zero.remove_exchanges()
         report = RenderReport(
             blocks=blocks,
             already_done=already_done,
@@ -286,27 +302,29 @@ class RenderJob:
         return report
 
 
-def _chunked_spec(job: ChunkedPlan, levels: tuple[ChunkSettings, ...]
+def _chunked_spec(job: ChunkedPlan, levels: tuple[ChunkSettings, ...], progress: bool
                   ) -> tuple[JobSpec, list[np.ndarray]]:  # fmt: skip
-    """Pass 1 over dask-array centres, where their chunks live: validate and hash every
-    chunk and count its pairs per block. Returns the job's spec (without store settings)
-    and the pairs per block of level 0 and of each level's settings in ``levels``."""
-    parts = _execute(summaries(job.inputs, job.settings, levels), progress=False)
+    """The checking phase over dask-array centres, where their chunks live: validate and
+    hash every chunk and count its pairs per block. Returns the job's spec (without store
+    settings) and the pairs per block of level 0 and of each level's settings in ``levels``."""
     settings = job.settings
-    count = sum(part.count for part in parts)
+    shown = None
+    if progress:
+        shown = Progress(f"checking {settings.source}", "chunks", job.inputs.row_chunks)
+    summary = run_phase(summary_tasks(job.inputs, settings, levels), shown,
+                        finish=combine_summaries, fan_in=SUMMARY_FAN_IN)  # fmt: skip
+    count = summary.count
     pairs = [
-        np.sum([part.pairs[number] for part in parts], axis=0).reshape(
-            tuple(len(sizes) for sizes in level.chunks))
+        summary.pairs[number].reshape(level.blocks.numblocks)
         for number, level in enumerate((settings, *levels))
-    ]  # fmt: skip
+    ]
     spec = JobSpec(
         grid=settings.grid,
-        fingerprint=fingerprint(parts),
+        fingerprint=fingerprint(summary),
         centres=count,
-        sigma_range=(min(p.sigma_min for p in parts), max(p.sigma_max for p in parts),
-                     sum(p.sigma_sum for p in parts) / (3 * count)) if count else None,
-        amplitude_range=(min(p.amplitude_min for p in parts),
-                         max(p.amplitude_max for p in parts)) if count else None,
+        sigma_range=(summary.sigma_min, summary.sigma_max, summary.sigma_sum / (3 * count))
+        if count else None,
+        amplitude_range=(summary.amplitude_min, summary.amplitude_max) if count else None,
         tol=settings.tol,
         normalize=settings.normalize,
         periodic=settings.periodic,
@@ -326,6 +344,7 @@ def prepare_render(
     overwrite: bool = False,
     source: str = "centres",
     levels: int | str | None = None,
+    progress: bool = False,
 ) -> RenderJob:
     """Validate a render and check its store, writing nothing; see :func:`render_to_zarr`.
 
@@ -333,7 +352,8 @@ def prepare_render(
     its block shape, so a rerun resumes whatever the machine's defaults are. With
     dask-array centres the values are validated and hashed where their chunks live
     (on the active ``distributed.Client``, if any): an error there, naming
-    ``source`` and the row, is raised here, before anything is written.
+    ``source`` and the row, is raised here, before anything is written. ``progress``
+    shows that checking phase's progress.
     """
     check_unit(unit)
     codec = str(compression if compression is not None else _config.get("compression"))
@@ -357,9 +377,9 @@ def prepare_render(
                     chunks=regular_chunks(request.grid.level(level).shape, block))
             for level in range(1, count + 1)
         ]  # fmt: skip
-        spec, pairs = _chunked_spec(job, tuple(settings[1:]))
-        work = [LevelWork(level, pairs[level], settings=settings[level])
-                for level in range(count + 1)]  # fmt: skip
+        spec, pairs = _chunked_spec(job, tuple(settings[1:]), progress)
+        work = [LevelWork(level, pairs[level], ChunkedFeed(job.inputs, settings[level]),
+                          job.inputs.row_chunks) for level in range(count + 1)]  # fmt: skip
     else:
         job = plan(request)
         _check_regular(job.spec.chunks)
@@ -371,7 +391,7 @@ def prepare_render(
                 for level in range(1, count + 1)
             ]  # fmt: skip
         work = [LevelWork(binning.level, np.diff(binning.block_offsets).reshape(
-                    binning.numblocks), binning=binning) for binning in binnings]  # fmt: skip
+                    binning.numblocks), MemoryFeed(binning)) for binning in binnings]  # fmt: skip
     spec = replace(spec, unit=unit, compression=codec, levels=count)
     if recorded is not None and recorded != spec:
         raise StoreMismatchError(
@@ -487,6 +507,6 @@ def render_to_zarr(
                       periodic=periodic, chunks=chunks, dtype=dtype,
                       covariance=covariance)  # fmt: skip
     job = prepare_render(store, request, unit=unit, compression=compression, overwrite=overwrite,
-                         levels=levels)  # fmt: skip
+                         levels=levels, progress=progress)  # fmt: skip
     job.run(progress=progress)
     return job.data  # type: ignore[return-value]

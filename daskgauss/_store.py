@@ -2,8 +2,8 @@
 
 This module knows nothing about dask, the kernel or the binning. It creates and opens
 the store, writes its metadata and reads back the job it records, records which blocks
-are done, and keeps a sidecar table of rows per block (the binned sources) so that
-every block task reads only its own.
+are done, and says where each level's exchange (:mod:`._exchange`: the Gaussians of
+every block, so that every block task reads only its own) is kept.
 
 Layout of a store (an OME-NGFF 0.5 image group)::
 
@@ -13,7 +13,10 @@ Layout of a store (an OME-NGFF 0.5 image group)::
       block_pairs/        Gaussians reaching each block (int64, one chunk), written before any
                           block is rendered: a block no Gaussian reaches is done by definition
       blocks_done/        a flag object per rendered block, written once its chunk is written
-      sources/            rows per block: offsets and table (see write_sources)
+      exchange/           while a render runs: an empty zarr array, and beneath it each level's
+                          exchange (exchange/<level>/parts/..., exchange/<level>/index), removed
+                          once the level is complete (zarr lists only the children of groups,
+                          so these objects do not show as unknown nodes of the store)
       runs/               one JSON object per run of a job (the run log: no run is lost
                           when two runs end together)
       daskgauss.lock      while a job runs: who runs it, since when, and its heartbeat
@@ -33,7 +36,7 @@ import json
 import pathlib
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +67,10 @@ __all__ = [
 DONE_PATH = "blocks_done"
 PAIRS_PATH = "block_pairs"
 RUNS_PATH = "runs"
-SOURCES_PATH = "sources"
+EXCHANGE_PATH = "exchange"
+# The sidecar of rows per block that releases before 0.3 kept instead of the exchange.
+LEGACY_SOURCES_PATH = "sources"
 AXES = ("x", "y", "z")
-# Rows of the sidecar per zarr chunk: 64 Ki rows of 7 float64 values is 3.5 MiB; the
-# table is written 16 chunks (56 MiB) at a time.
-SOURCE_ROWS_PER_CHUNK = 65536
-SOURCE_CHUNKS_PER_WRITE = 16
 
 # Space units OME-NGFF accepts (UDUNITS-2 names).
 SPACE_UNITS = (
@@ -397,47 +398,31 @@ class Target:
     def _metadata(self) -> str:
         return f"{self._root}/zarr.json"
 
-    def sources_complete(self) -> bool:
-        """Whether the sidecar was written to the end."""
-        try:
-            sources = self.group[level_path(SOURCES_PATH, self.level)]
-            return bool(sources.attrs.get("complete", False))
-        except KeyError:
-            return False
+    @property
+    def exchange_root(self) -> str:
+        """Where this level's exchange is kept while the level is rendered."""
+        return f"{self.location.rstrip('/')}/{EXCHANGE_PATH}/{self.level}"
 
-    def write_sources(
-        self, offsets: np.ndarray, columns: int, rows: Callable[[int, int], np.ndarray]
-    ) -> None:
-        """Store a table of float64 rows per block, for :meth:`source_rows` to read back.
+    def open_exchange(self) -> None:
+        """Create the store's node the exchanges are kept beneath, where missing."""
+        if EXCHANGE_PATH not in self.group:
+            self.group.create_array(EXCHANGE_PATH, shape=(0,), dtype="uint8", attributes={
+                "description": "while a level is rendered, its exchange (daskgauss/_exchange.py) "
+                "is kept beneath this node: exchange/<level>/parts/<n> and exchange/<level>/index",
+            })  # fmt: skip
 
-        Block ``b`` (C-order flat index) owns rows ``offsets[b]:offsets[b + 1]`` of the
-        table: one table means one read per task. ``rows(start, stop)`` gives rows
-        ``start:stop`` (``columns`` wide); they are asked for and written a piece at a
-        time, so the table never sits in memory whole. ``complete`` is set last.
-        """
-        sources = self.group.create_group(level_path(SOURCES_PATH, self.level), overwrite=True)
-        stored_offsets = sources.create_array(
-            "offsets", shape=offsets.shape, dtype="int64", chunks=offsets.shape
-        )
-        stored_offsets[...] = offsets
-        count = int(offsets[-1])
-        chunk_rows = min(SOURCE_ROWS_PER_CHUNK, max(count, 1))
-        stored = sources.create_array(
-            "table", shape=(count, columns), dtype="float64", chunks=(chunk_rows, columns),
-            compressors=compressors_for("lz4"),
-        )  # fmt: skip
-        piece = chunk_rows * SOURCE_CHUNKS_PER_WRITE
-        for start in range(0, count, piece):
-            stop = min(start + piece, count)
-            stored[start:stop] = rows(start, stop)
-        sources.attrs["complete"] = True
+    def remove_exchanges(self) -> None:
+        """Delete every level's exchange and the node they are kept beneath (a complete
+        store has none)."""
+        with contextlib.suppress(FileNotFoundError):
+            self._filesystem.rm(f"{self._root}/{EXCHANGE_PATH}", recursive=True)
 
-    def source_rows(self, block_index: Sequence[int]) -> np.ndarray:
-        """The sidecar rows of one block."""
-        offsets, table = _open_sources(self.location, self.group.attrs["daskgauss"]["token"],
-                                       self.level)  # fmt: skip
-        flat = int(np.ravel_multi_index(tuple(block_index), self.numblocks))
-        return np.asarray(table[int(offsets[flat]) : int(offsets[flat + 1])])
+    def remove_legacy_sources(self) -> None:
+        """Delete the sidecar an earlier release kept for this level, if any."""
+        name = level_path(LEGACY_SOURCES_PATH, self.level)
+        if name in self.group:
+            with contextlib.suppress(FileNotFoundError):
+                self._filesystem.rm(f"{self._root}/{name}", recursive=True)
 
 
 def _all_zero(values: np.ndarray) -> bool:
@@ -445,13 +430,6 @@ def _all_zero(values: np.ndarray) -> bool:
     flat = values.reshape(-1)
     step = 2**20 // flat.itemsize
     return not any(flat[start : start + step].any() for start in range(0, flat.size, step))
-
-
-@functools.lru_cache(maxsize=16)
-def _open_sources(location: str, token: str, level: int) -> tuple[np.ndarray, zarr.Array]:
-    """The block offsets (read once) and the sidecar table, per process, job and level."""
-    group = zarr.open_group(location, mode="r", path=level_path(SOURCES_PATH, level))
-    return np.asarray(group["offsets"][...]), group["table"]
 
 
 def _target_from_group(location: str, group: zarr.Group, level: int = 0) -> Target:

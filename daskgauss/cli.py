@@ -570,7 +570,7 @@ def _render_job(
             click.echo(f"rendering {grid.shape} on {where} (dashboard: {client.dashboard_link})")
             if job is None:
                 click.echo(f"reading and checking {source} on the cluster")
-                job = prepare_render(store, job_request, **options)
+                job = prepare_render(store, job_request, **options, progress=True)
             report = job.run(progress=True)
     except StoreVanishedError as error:
         _fail(RuntimeError(f"{error}; run the same command to start it again"))

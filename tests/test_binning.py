@@ -31,6 +31,7 @@ from daskgauss._binning import (
     stable_ranks,
 )
 from daskgauss._gaussians import prepare_gaussians
+from daskgauss._pairs import block_pairs
 
 # ---------------------------------------------------------------- independent brute force
 
@@ -212,7 +213,7 @@ def test_zero_weight_centres_are_dropped():
     binning = _bin(centres, 1.0, [1.0, 0.0, 3.0, 0.0], grid, chunks)
     for block in _blocks(chunks):
         assert _identify(binning.block_sources(block)) == [0, 2]
-    assert np.all(binning.table_rows(0, binning.pairs)[:, 6] != 0)
+    assert np.all(block_pairs(binning).amplitude != 0)
     assert binning.block_offsets[-1] == 2 * 8
 
 
@@ -417,7 +418,7 @@ def test_periodic_images_match_brute_force(seed):
 
 
 def _image_positions(binning):
-    return {tuple(np.round(p, 9)) for p in binning.table_rows(0, binning.pairs)[:, :3]}
+    return {tuple(np.round(p, 9)) for p in block_pairs(binning).positions}
 
 
 # from_box(0, 10, 20): samples 0.25 ... 9.75, periodic box [0.25, 10.25), r = 2.63.
@@ -464,7 +465,7 @@ def test_periodic_image_that_would_not_reach_a_sample_is_dropped():
         centre, np.full((1, 3), 0.5), [1.0], grid, normalize_chunks(10, grid.shape), tol
     )
     assert {shift for rows in found.values() for _, shift in rows} == {(0, 0, 0)}
-    np.testing.assert_array_equal(binning.table_rows(0, binning.pairs)[:, 0], centre[0, 0])
+    np.testing.assert_array_equal(block_pairs(binning).positions[:, 0], centre[0, 0])
 
 
 def test_periodic_with_samples_at_both_box_ends():
@@ -689,30 +690,3 @@ def test_a_wide_gaussian_on_a_huge_sparse_grid(rng):
         }  # fmt: skip
         assert {int(a) for a in sources.amplitude} == expected
         assert sources.count == binning.block_count(block)
-
-
-def test_the_table_gathers_each_reached_block_once_and_no_empty_one(rng, monkeypatch):
-    grid = dg.Grid(shape=64)
-    centres = np.vstack([rng.uniform(0, 6, size=(30, 3)), rng.uniform(50, 60, size=(30, 3))])
-    binning = _bin(centres, 0.8, np.arange(1.0, 61), grid, normalize_chunks(8, shape=grid.shape))
-    counts = np.diff(binning.block_offsets)
-    assert (counts == 0).sum() > 400  # most of the 512 blocks are empty
-    gathered = []
-    original = Binning._table_block
-
-    def counted(self, flat):
-        gathered.append(flat)
-        return original(self, flat)
-
-    monkeypatch.setattr(Binning, "_table_block", counted)
-    offsets, columns, table_rows = binning.table
-    # Pieces that start and end inside blocks, as a store asks for them.
-    edges = [*list(range(0, binning.pairs, 7)), binning.pairs]
-    table = np.concatenate([table_rows(a, b) for a, b in itertools.pairwise(edges)])
-    assert sorted(gathered) == sorted(set(gathered)) == list(np.flatnonzero(counts))
-    for flat in np.flatnonzero(counts):
-        index = tuple(int(i) for i in np.unravel_index(flat, binning.numblocks))
-        rows = table[offsets[flat] : offsets[flat + 1]]
-        sources = BlockSources.from_table(rows, grid, binning.tol)
-        np.testing.assert_array_equal(sources.positions, binning.block_sources(index).positions)
-    assert table.shape == (binning.pairs, columns)

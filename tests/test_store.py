@@ -7,8 +7,6 @@ import pytest
 import zarr
 
 import daskgauss as dg
-from daskgauss._binning import BlockSources, bin_gaussians
-from daskgauss._gaussians import prepare_gaussians
 from daskgauss._job import JobSpec, StoreFormatError, regular_chunks
 from daskgauss._store import (
     StoreMismatchError,
@@ -106,32 +104,6 @@ def test_ngff_05_schema_validates(rendered):
     store, _ = rendered
     model = image.Image.from_zarr(zarr.open_group(str(store), mode="r"))
     assert [axis.name for axis in model.attributes.ome.multiscales[0].axes] == ["x", "y", "z"]
-
-
-@pytest.mark.parametrize(("rows_per_chunk", "chunks_per_write"), [(65536, 16), (7, 3), (1, 1)])
-def test_sources_sidecar_round_trips_every_block(
-    tmp_path, rng, monkeypatch, rows_per_chunk, chunks_per_write
-):
-    """Also when the table is written in many pieces (small chunks, few per write)."""
-    import daskgauss._store
-
-    monkeypatch.setattr(daskgauss._store, "SOURCE_ROWS_PER_CHUNK", rows_per_chunk)
-    monkeypatch.setattr(daskgauss._store, "SOURCE_CHUNKS_PER_WRITE", chunks_per_write)
-    grid = dg.Grid.from_bounds(0, 20, (24, 20, 16))
-    gaussians = prepare_gaussians(rng.uniform(-2, 22, size=(300, 3)), rng.uniform(0.3, 1.0, 300),
-                                  weights=rng.normal(size=300))  # fmt: skip
-    chunks = ((8, 8, 8), (7, 7, 6), (16,))
-    binning = bin_gaussians(gaussians, grid, chunks)
-    spec = make_spec(grid, (8, 7, 16), "float64", "lz4")
-    target = create_target(tmp_path / "s.zarr", spec=spec, overwrite=False)
-    assert not target.sources_complete()
-    target.write_sources(*binning.table)
-    assert target.sources_complete()
-    for index in np.ndindex(*binning.numblocks):
-        expected = binning.block_sources(index)
-        stored = BlockSources.from_table(target.source_rows(index), grid, gaussians.tol)
-        for field in ("positions", "sigma", "amplitude", "index_low", "index_high"):
-            np.testing.assert_array_equal(getattr(stored, field), getattr(expected, field))
 
 
 def test_done_record_and_block_writes(tmp_path):
