@@ -47,6 +47,7 @@ from ._job import Chunks
 
 __all__ = [
     "BIN_SHAPE",
+    "BinnedBlock",
     "Binning",
     "BlockSources",
     "Chunks",
@@ -690,13 +691,16 @@ class Binning:
         """The sources that reach the block, in summation order."""
         return self._sources(self._gather(block_index))
 
-    def box_sources(self, block_index: tuple[int, int, int], start: np.ndarray,
-                    shape: Sequence[int]) -> BlockSources:  # fmt: skip
+    def box_sources(self, start: np.ndarray, shape: Sequence[int]) -> BlockSources:
         """The sources that reach samples ``start .. start + shape - 1`` (inclusive, on the
-        grid the blocks are of: any box, such as part of block ``block_index``; the
-        binning finds any box's), in summation order."""
+        grid the blocks are of: any box, such as part of a block), in summation order."""
         _, *gathered = self._gather_box(np.asarray(start, np.int64), shape, -1)
         return self._sources(tuple(gathered))
+
+    def block(self, block_index: tuple[int, int, int]) -> BinnedBlock:
+        """The block, its sources gathered when asked (a feed of
+        :func:`._block.render_fed_block`)."""
+        return BinnedBlock(self, block_index)
 
     def _sources(self, gathered: tuple) -> BlockSources:
         """Gathered positions, sigmas, covariances, amplitudes and boxes as sources."""
@@ -713,6 +717,33 @@ class Binning:
         arrays = (self.block_offsets, self.keys, self.positions, self.sigma, self.amplitude)
         arrays += () if self.covariance is None else (self.covariance,)
         return sum(array.nbytes for array in arrays)
+
+
+@dataclass(frozen=True, eq=False)
+class BinnedBlock:
+    """One block of a binning: its sources gathered when asked, all or a box's."""
+
+    binning: Binning
+    index: tuple[int, int, int]
+
+    @property
+    def start(self) -> np.ndarray:
+        return self.binning.block_start(self.index)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return self.binning.block_shape(self.index)
+
+    @property
+    def count(self) -> int:
+        return self.binning.block_count(self.index)
+
+    def sources(self, box: tuple[np.ndarray, tuple[int, int, int]] | None = None) -> BlockSources:
+        """The block's sources in summation order; with ``box`` = (first sample, shape),
+        only those that reach that box of it."""
+        if box is None:
+            return self.binning.block_sources(self.index)
+        return self.binning.box_sources(*box)
 
 
 def block_edges(chunks: Chunks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

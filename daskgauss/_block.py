@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
 from typing import Protocol
 
 import dask.utils
@@ -35,6 +34,7 @@ from ._narrow_kernel import add_narrow_gaussians_to_block, prefer_narrow
 __all__ = [
     "KERNELS",
     "BlockFeed",
+    "FedBlock",
     "block_source_bytes",
     "choose_kernel",
     "render_block",
@@ -153,25 +153,29 @@ def block_source_bytes() -> int:
                             "a positive size such as '32 MiB'")  # fmt: skip
 
 
+class FedBlock(Protocol):
+    """One block and its Gaussians, from wherever they come (see :class:`BlockFeed`)."""
+
+    start: np.ndarray
+    shape: tuple[int, int, int]
+
+    @property
+    def count(self) -> int: ...
+
+    def sources(
+        self, box: tuple[np.ndarray, tuple[int, int, int]] | None = None
+    ) -> BlockSources: ...
+
+
 class BlockFeed(Protocol):
-    """Where a block's sources come from: a :class:`._binning.Binning` in memory, or a
-    complete exchange (:class:`._exchange.ExchangedSources`)."""
+    """Where blocks get their sources: a :class:`._binning.Binning` in memory, or a
+    complete exchange in storage (:class:`._exchange.ExchangedSources`)."""
 
     grid: Grid
     tol: float
     level: int
 
-    def block_start(self, block_index: tuple[int, int, int]) -> np.ndarray: ...
-
-    def block_shape(self, block_index: tuple[int, int, int]) -> tuple[int, int, int]: ...
-
-    def block_count(self, block_index: tuple[int, int, int]) -> int: ...
-
-    def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources: ...
-
-    def box_sources(
-        self, block_index: tuple[int, int, int], start: np.ndarray, shape: Sequence[int]
-    ) -> BlockSources: ...
+    def block(self, block_index: tuple[int, int, int]) -> FedBlock: ...
 
 
 def render_fed_block(
@@ -184,26 +188,26 @@ def render_fed_block(
 
     A block whose sources would take more than ``daskgauss.block-source-bytes`` while
     it renders is rendered in x slabs, each taking only the sources that reach it, so
-    that a thread holds about one block plus that much, however its sources arrive:
-    the same bits (the kernels compute from global indices, in the summation order),
-    a little more work where a support spans two slabs.
+    that a thread holds about one block plus that much (and, from an exchange, the
+    block's rows as read), however its sources arrive: the same bits (the kernels
+    compute from global indices, in the summation order), a little more work where a
+    support spans two slabs.
     """
-    start = feed.block_start(index)
-    shape = feed.block_shape(index)
+    block = feed.block(index)
+    start, shape = block.start, block.shape
     budget = block_source_bytes()
-    slabs = min(shape[0], max(1, -(-feed.block_count(index) * SOURCE_BYTES // budget)))
+    slabs = min(shape[0], max(1, -(-block.count * SOURCE_BYTES // budget)))
     if slabs == 1:
-        return render_block(feed.block_sources(index), feed.grid, feed.tol, start, shape, dtype,
-                            out=out, level=feed.level)  # fmt: skip
+        return render_block(block.sources(), feed.grid, feed.tol, start, shape, dtype, out=out,
+                            level=feed.level)  # fmt: skip
     if out is None:
         out = np.empty(shape, dtype=dtype)
     edges = [shape[0] * s // slabs for s in range(slabs + 1)]
     for low, high in itertools.pairwise(edges):
         slab_start = start + np.array([low, 0, 0])
         slab_shape = (high - low, shape[1], shape[2])
-        render_block(feed.box_sources(index, slab_start, slab_shape), feed.grid, feed.tol,
-                     slab_start, slab_shape, dtype, out=out[low:high],
-                     level=feed.level)  # fmt: skip
+        render_block(block.sources((slab_start, slab_shape)), feed.grid, feed.tol, slab_start,
+                     slab_shape, dtype, out=out[low:high], level=feed.level)  # fmt: skip
     return out
 
 

@@ -41,6 +41,7 @@ import fsspec
 import numpy as np
 import zarr
 
+from ._config import chunk_rows
 from ._extras import require
 
 __all__ = ["CentresFile", "CentresFileError", "is_number", "read_centres"]
@@ -65,6 +66,10 @@ class CentresFile:
     source : str
         Where the centres came from, in words (for messages and the store's run log).
     covariance : ndarray or dask array, shape (M, 3, 3), or None when it has none
+    pieces : tuple of int, or None
+        For centres read lazily several stored chunks (Zarr chunks, Parquet row groups)
+        at a time: the stored chunks' sizes, in row order (a job's fingerprint hashes
+        each); None otherwise.
     """
 
     centres: Any
@@ -72,6 +77,7 @@ class CentresFile:
     sigma: Any
     source: str = ""
     covariance: Any = None
+    pieces: tuple[int, ...] | None = None
 
 
 # Per-axis sigmas and covariance entries: columns that only come as a whole set.
@@ -298,23 +304,28 @@ def _read_zarr(name: str) -> CentresFile:
                  if key in node}  # fmt: skip
         if "sigma" in parts and "covariance" in parts:
             raise CentresFileError(f"{name}: give 'sigma' or 'covariance', not both")
-    arrays = {key: da.from_zarr(array) for key, array in parts.items()}
-    centres = arrays["centres"]
-    if centres.ndim != 2 or centres.shape[1] != 3:
-        raise CentresFileError(f"{name}: centres must have shape (M, 3), got {centres.shape}")
-    if centres.shape[0] == 0:
+    stored = parts["centres"]
+    if stored.ndim != 2 or stored.shape[1] != 3:
+        raise CentresFileError(f"{name}: centres must have shape (M, 3), got {stored.shape}")
+    if stored.shape[0] == 0:
         raise CentresFileError(f"{name}: the store holds no centres")
-    return CentresFile(centres=centres, weights=arrays.get("weights"),
+    # Several stored chunks a task (one read each), the stored ones hashed one by one.
+    count, stored_rows = stored.shape[0], stored.chunks[0]
+    pieces = tuple(min(stored_rows, count - start) for start in range(0, count, stored_rows))
+    read_rows = stored_rows * max(1, -(-chunk_rows() // stored_rows))
+    arrays = {key: da.from_zarr(array, chunks=(read_rows, *array.shape[1:]))
+              for key, array in parts.items()}  # fmt: skip
+    return CentresFile(centres=arrays["centres"], weights=arrays.get("weights"),
                        sigma=arrays.get("sigma"), source=f"Zarr {name}",
-                       covariance=arrays.get("covariance"))  # fmt: skip
+                       covariance=arrays.get("covariance"), pieces=pieces)  # fmt: skip
 
 
-def _parquet_rows(path: str, group: int, columns: list[str], storage: dict) -> np.ndarray:
-    """One row group's columns as a float64 (rows, columns) array."""
+def _parquet_rows(path: str, groups: list[int], columns: list[str], storage: dict) -> np.ndarray:
+    """Consecutive row groups' columns as one float64 (rows, columns) array."""
     parquet = require("pyarrow.parquet", extra="parquet", purpose="reading Parquet centres")
     filesystem = fsspec.filesystem(**storage)
     with filesystem.open(path, "rb") as stream:
-        table = parquet.ParquetFile(stream).read_row_group(group, columns=columns)
+        table = parquet.ParquetFile(stream).read_row_groups(groups, columns=columns)
     return np.stack([table.column(c).to_numpy().astype(np.float64) for c in columns], axis=1)
 
 
@@ -335,20 +346,26 @@ def _read_parquet(name: str, filesystem: Any, inner: str) -> CentresFile:
     protocol = filesystem.protocol if isinstance(filesystem.protocol, str) else (
         filesystem.protocol[0])  # fmt: skip
     storage = {"protocol": protocol, **filesystem.storage_options}
-    pieces = []
+    reads, pieces = [], []
     for path in files:
         with filesystem.open(path, "rb") as stream:
             metadata = parquet.ParquetFile(stream).metadata
-        for group in range(metadata.num_row_groups):
-            rows = metadata.row_group(group).num_rows
-            if rows:
-                task = dask.delayed(_parquet_rows, pure=True)(path, group, columns, storage)
-                pieces.append(da.from_delayed(task, shape=(rows, len(columns)), dtype=np.float64))
-    if not pieces:
+        sizes = [metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)]
+        groups = [group for group, rows in enumerate(sizes) if rows]
+        pieces.extend(sizes[group] for group in groups)
+        # Consecutive row groups of a file read together, until a read holds chunk-rows.
+        while groups:
+            run = [groups.pop(0)]
+            while groups and sum(sizes[group] for group in run) < chunk_rows():
+                run.append(groups.pop(0))
+            task = dask.delayed(_parquet_rows, pure=True)(path, run, columns, storage)
+            rows = sum(sizes[group] for group in run)
+            reads.append(da.from_delayed(task, shape=(rows, len(columns)), dtype=np.float64))
+    if not reads:
         raise CentresFileError(f"{name}: the Parquet files hold no centres")
-    table = da.concatenate(pieces)
+    table = da.concatenate(reads)
     named = {column: table[:, k] for k, column in enumerate(columns)}
     sigma, covariance = _shapes(named, da.stack)
     return CentresFile(centres=table[:, 0:3], weights=named.get("weight"), sigma=sigma,
                        source=f"Parquet {name} ({len(files)} files)",
-                       covariance=covariance)  # fmt: skip
+                       covariance=covariance, pieces=tuple(pieces))  # fmt: skip

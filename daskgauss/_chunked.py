@@ -36,6 +36,7 @@ from dask.core import flatten
 from dask.delayed import Delayed
 from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
+from . import _config
 from ._binning import bin_gaussians, count_pairs
 from ._block import render_fed_block
 from ._exchange import Exchange, ExchangedSources, PartSummary
@@ -105,6 +106,9 @@ class ChunkedInputs:
     sigma: Any
     weights: Any
     covariance: Any = None
+    # Per chunk, the sizes of the chunks as given that it was merged from (the job's
+    # fingerprint hashes those, so that it does not depend on the merging).
+    pieces: tuple[tuple[int, ...], ...] = ()
 
     @property
     def count(self) -> int:
@@ -137,8 +141,9 @@ class ChunkedInputs:
         return tokenize(self.centres, self.sigma, self.covariance, self.weights)
 
 
-def _aligned(value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple,
-             shared: tuple = ((1, 3),)) -> Any:  # fmt: skip
+def _aligned(
+    value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple, shared: tuple = ((1, 3),)
+) -> Any:
     """A per-centre ``value`` as a dask array with the centres' row chunks; shared ones
     (a number, or of a shape in ``shared``) as they are."""
     if value is None or np.ndim(value) == 0 or (np.shape(value) in shared):
@@ -156,9 +161,51 @@ def _aligned(value: Any, name: str, count: int, row_chunks: tuple, shapes: tuple
     return array.rechunk((row_chunks, *(-1,) * (array.ndim - 1)))
 
 
-def chunked_inputs(centres: Any, sigma: Any, weights: Any, covariance: Any = None
-                   ) -> ChunkedInputs:  # fmt: skip
-    """Check the shapes of chunked inputs (reading no data) and align their chunks.
+def merged_row_chunks(row_chunks: tuple[int, ...], minimum: int) -> tuple[tuple[int, ...], ...]:
+    """Row chunks with consecutive ones read together until each holds at least ``minimum``
+    rows (a smaller last one holds what is left), as the sizes each merged chunk is made
+    of: every chunk costs a task in each phase and a range read per block it reaches, so
+    thousands of small chunks would cost more than their rows."""
+    merged: list[tuple[int, ...]] = []
+    run: list[int] = []
+    for size in row_chunks:
+        run.append(size)
+        if sum(run) >= minimum:
+            merged.append(tuple(run))
+            run = []
+    if run or not merged:
+        merged.append(tuple(run))
+    return tuple(merged)
+
+
+def _pieces_of(stored: tuple[int, ...], rows: tuple[int, ...]) -> tuple[tuple[int, ...], ...]:
+    """The stored pieces each chunk of ``rows`` rows is made of (chunks are runs of pieces)."""
+    grouped: list[tuple[int, ...]] = []
+    remaining = iter(stored)
+    for size in rows:
+        run: list[int] = []
+        while sum(run) < size:
+            run.append(next(remaining))
+        if sum(run) != size:
+            raise ValueError(f"chunks of {rows} rows do not follow the stored pieces {stored}")
+        grouped.append(tuple(run) or (0,))
+    return tuple(grouped)
+
+
+def chunked_inputs(
+    centres: Any,
+    sigma: Any,
+    weights: Any,
+    covariance: Any = None,
+    pieces: tuple[int, ...] | None = None,
+) -> ChunkedInputs:
+    """Check the shapes of chunked inputs (reading no data) and align their chunks:
+    small consecutive chunks of rows merged (:func:`merged_row_chunks`, at least
+    ``daskgauss.chunk-rows`` rows each), every input cut in the centres' row chunks.
+
+    ``pieces``: the sizes of the chunks the centres are stored in, where the dask arrays
+    read several at a time (each dask chunk a run of them); the job's fingerprint hashes
+    each piece, so that it does not depend on how they are read. Default: the dask chunks.
 
     Raises
     ------
@@ -179,24 +226,35 @@ def chunked_inputs(centres: Any, sigma: Any, weights: Any, covariance: Any = Non
         centres.dtype, np.complexfloating
     ):
         raise ValueError(f"centres must be real numbers, got dtype {centres.dtype}")
-    centres = centres.rechunk((centres.chunks[0], 3))
+    given = tuple(int(size) for size in centres.chunks[0])
+    rows = tuple(sum(sizes) for sizes in merged_row_chunks(given, _config.chunk_rows()))
+    pieces = _pieces_of(given if pieces is None else tuple(pieces), rows)
+    centres = centres.rechunk((rows, 3))
     count = int(centres.shape[0])
-    rows = tuple(int(size) for size in centres.chunks[0])
     return ChunkedInputs(
         centres=centres,
         sigma=_aligned(sigma, "sigma", count, rows, ((count,), (count, 3))),
         weights=_aligned(weights, "weights", count, rows, ((count,),)),
-        covariance=_aligned(covariance, "covariance", count, rows, ((count, 3, 3),),
-                            shared=((3, 3), (1, 3, 3))),
-    )  # fmt: skip
+        covariance=_aligned(
+            covariance, "covariance", count, rows, ((count, 3, 3),), shared=((3, 3), (1, 3, 3))
+        ),
+        pieces=pieces,
+    )
 
 
-def _gaussians(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings
-               ) -> Gaussians:  # fmt: skip
+def _gaussians(
+    centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings
+) -> Gaussians:
     try:
-        return prepare_gaussians(np.asarray(centres), sigma, covariance=covariance,
-                                 weights=weights, normalize=settings.normalize, tol=settings.tol,
-                                 first_row=first_row)  # fmt: skip
+        return prepare_gaussians(
+            np.asarray(centres),
+            sigma,
+            covariance=covariance,
+            weights=weights,
+            normalize=settings.normalize,
+            tol=settings.tol,
+            first_row=first_row,
+        )
     except ValueError as error:
         raise ValueError(f"{settings.source}: {error}") from None
 
@@ -233,14 +291,48 @@ class InputSummary:
         return sum(self.counts)
 
 
-def _summarise(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings,
-               levels: tuple[ChunkSettings, ...] = ()) -> InputSummary:  # fmt: skip
+def _summarise(
+    centres,
+    sigma,
+    covariance,
+    weights,
+    first_row: int,
+    settings: ChunkSettings,
+    levels: tuple[ChunkSettings, ...],
+    pieces: tuple[int, ...],
+    per_row: tuple[bool, bool, bool],
+) -> InputSummary:
     """Validate one chunk, hash it and count its (Gaussian, block) pairs per block, of
-    ``settings``' blocks and of each pyramid level's in ``levels``."""
+    ``settings``' blocks and of each pyramid level's in ``levels``: piece by piece, the
+    chunks as given that it was merged from (``pieces``, their sizes); ``per_row`` says
+    which of sigma, covariance and weights are per centre (the others shared by all)."""
+    parts = []
+    start = 0
+    for size in pieces:
+        rows = slice(start, start + size)
+        values = [
+            value[rows] if cut else value
+            for value, cut in zip((sigma, covariance, weights), per_row, strict=True)
+        ]
+        parts.append(_summarise_piece(centres[rows], *values, first_row + start, settings, levels))
+        start += size
+    return combine_summaries(*parts)
+
+
+def _summarise_piece(
+    centres,
+    sigma,
+    covariance,
+    weights,
+    first_row: int,
+    settings: ChunkSettings,
+    levels: tuple[ChunkSettings, ...],
+) -> InputSummary:
     gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
     empty = gaussians.count == 0
-    sigma_values = np.broadcast_to(gaussians.sigma, (gaussians.count, 3)) if not empty else (
-        np.zeros((0, 3)))  # fmt: skip
+    sigma_values = (
+        np.broadcast_to(gaussians.sigma, (gaussians.count, 3)) if not empty else (np.zeros((0, 3)))
+    )
     amplitude = gaussians.amplitude
     return InputSummary(
         digests=(gaussians.fingerprint(),),
@@ -285,29 +377,50 @@ def _chunk_graph(inputs: ChunkedInputs, name: str, tasks: dict[int, tuple]) -> H
     return HighLevelGraph.from_collections(name, layer, dependencies=inputs.collections)
 
 
-def summary_tasks(inputs: ChunkedInputs, settings: ChunkSettings,
-                  levels: tuple[ChunkSettings, ...] = ()) -> list[Delayed]:  # fmt: skip
+def summary_tasks(
+    inputs: ChunkedInputs, settings: ChunkSettings, levels: tuple[ChunkSettings, ...] = ()
+) -> list[Delayed]:
     """The checking phase: one :class:`InputSummary` per chunk (with the pairs of each
     pyramid level's settings in ``levels``), as delayed tasks; combine them with
     :func:`combine_summaries`."""
     name = f"daskgauss-check-{tokenize(inputs.token(), settings, levels)}"
-    tasks = {number: (_summarise, *arguments, settings, levels)
-             for number, arguments in enumerate(inputs.chunk_arguments())}  # fmt: skip
+    per_row = tuple(
+        is_dask_collection(v) for v in (inputs.sigma, inputs.covariance, inputs.weights)
+    )
+    tasks = {
+        number: (_summarise, *arguments, settings, levels, pieces, per_row)
+        for number, (arguments, pieces) in enumerate(
+            zip(inputs.chunk_arguments(), inputs.pieces, strict=True)
+        )
+    }
     graph = _chunk_graph(inputs, name, tasks)
     return [Delayed((name, number), graph, layer=name) for number in tasks]
 
 
-def _write_part(centres, sigma, covariance, weights, first_row: int, settings: ChunkSettings,
-                exchange: Exchange, number: int) -> PartSummary:  # fmt: skip
+def _write_part(
+    centres,
+    sigma,
+    covariance,
+    weights,
+    first_row: int,
+    settings: ChunkSettings,
+    exchange: Exchange,
+    number: int,
+) -> PartSummary:
     """One chunk's task in the exchange: validate, bin, write its part."""
     gaussians = _gaussians(centres, sigma, covariance, weights, first_row, settings)
-    binning = bin_gaussians(gaussians, settings.grid, settings.chunks, periodic=settings.periodic,
-                            level=settings.level)  # fmt: skip
+    binning = bin_gaussians(
+        gaussians, settings.grid, settings.chunks, periodic=settings.periodic, level=settings.level
+    )
     return exchange.write_part(number, block_pairs(binning))
 
 
-def _part_layer(inputs: ChunkedInputs, settings: ChunkSettings, exchange: Exchange,
-                present: frozenset[int] | set[int]) -> tuple[str, dict]:  # fmt: skip
+def _part_layer(
+    inputs: ChunkedInputs,
+    settings: ChunkSettings,
+    exchange: Exchange,
+    present: frozenset[int] | set[int],
+) -> tuple[str, dict]:
     name = f"daskgauss-part-{tokenize(inputs.token(), settings, exchange.root)}"
     layer = {}
     for number, arguments in enumerate(inputs.chunk_arguments()):
@@ -318,8 +431,12 @@ def _part_layer(inputs: ChunkedInputs, settings: ChunkSettings, exchange: Exchan
     return name, layer
 
 
-def part_tasks(inputs: ChunkedInputs, settings: ChunkSettings, exchange: Exchange,
-               present: frozenset[int] | set[int] = frozenset()) -> list[Delayed]:  # fmt: skip
+def part_tasks(
+    inputs: ChunkedInputs,
+    settings: ChunkSettings,
+    exchange: Exchange,
+    present: frozenset[int] | set[int] = frozenset(),
+) -> list[Delayed]:
     """The exchange's tasks, one per chunk, each a :class:`PartSummary`: the chunk binned
     and its part written, or for a part in ``present`` (written whole before) its summary
     read back, without reading the chunk."""
@@ -333,11 +450,17 @@ def write_index(exchange: Exchange, blocks: int, *summaries: PartSummary) -> str
     return exchange.write_index(summaries, blocks)
 
 
-def _render_exchanged(exchange: Exchange, identity: str, settings: ChunkSettings, dtype: str,
-                      index: tuple[int, int, int]) -> np.ndarray:  # fmt: skip
+def _render_exchanged(
+    exchange: Exchange,
+    identity: str,
+    settings: ChunkSettings,
+    dtype: str,
+    index: tuple[int, int, int],
+) -> np.ndarray:
     """One block of a lazy array, from a complete exchange."""
-    feed = ExchangedSources(exchange.reader(identity), settings.grid, settings.tol,
-                            settings.level, settings.blocks)  # fmt: skip
+    feed = ExchangedSources(
+        exchange.reader(identity), settings.grid, settings.tol, settings.level, settings.blocks
+    )
     return render_fed_block(feed, index, dtype)
 
 
@@ -361,10 +484,13 @@ def lazy_volume(inputs: ChunkedInputs, settings: ChunkSettings, dtype: np.dtype)
     }
     inputs_graph = HighLevelGraph.from_collections(parts_name, parts, inputs.collections)
     graph = HighLevelGraph(
-        {**inputs_graph.layers, index_key[0]: MaterializedLayer(index),
-         name: MaterializedLayer(blocks)},
+        {
+            **inputs_graph.layers,
+            index_key[0]: MaterializedLayer(index),
+            name: MaterializedLayer(blocks),
+        },
         {**inputs_graph.dependencies, index_key[0]: {parts_name}, name: {index_key[0]}},
-    )  # fmt: skip
+    )
     volume = da.Array(graph, name, settings.chunks, meta=np.empty((0, 0, 0), dtype=dtype))
     keep_while(exchange, volume)
     return volume

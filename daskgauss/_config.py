@@ -8,7 +8,7 @@ from collections.abc import Callable
 import dask.config
 import yaml
 
-__all__ = ["get", "positive"]
+__all__ = ["chunk_rows", "get", "positive"]
 
 _DEFAULTS_FILE = pathlib.Path(__file__).with_name("daskgauss.yaml")
 
@@ -32,3 +32,8 @@ def positive(key: str, parse: Callable[[object], int], expected: str) -> int:
     if value < 1:
         raise ValueError(f"daskgauss.{key} must be {expected}, got {setting!r}")
     return value
+
+
+def chunk_rows() -> int:
+    """``daskgauss.chunk-rows``: the fewest rows of dask-array centres read as one chunk."""
+    return positive("chunk-rows", int, "a whole number of rows of at least 1")

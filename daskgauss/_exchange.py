@@ -12,13 +12,14 @@ use the same exchange, written by the process that binned them, a range of block
 part.
 
 Why storage, not distributed's P2P shuffle (measured on the 2-core development VM,
-``python -m benchmarks.bench_chunked exchange``; benchmarks/RESULTS.md, issue 21): the
-P2P shuffle moved the same 10^7 pairs between two workers several times slower than
-this exchange wrote and read them, before any Gaussian was rendered. The storage
-exchange also makes the exchange resumable (a part present is not binned again), needs
-nothing a render to Zarr does not have already (every worker reaches the store), and
-keeps the rows' bytes exact. Lazy arrays with chunked centres exchange through a
-scratch directory (``daskgauss.scratch``).
+``python -m benchmarks.bench_chunked exchange [--count 1e8]``, 2 workers x 1 thread,
+benchmarks/RESULTS.md, issue 21): bringing the pairs of 10^7 centres in 100 chunks to
+their 64 blocks took 2.4 s through this exchange and 8.2 s through the P2P shuffle of a
+dask dataframe of the same pairs (block and position); 10^8 centres in 1000 chunks 19.4 s
+and 70.6 s. The storage exchange also makes the exchange resumable (a part written is
+not binned again), needs nothing a render to Zarr does not have already (every worker
+reaches the store), and keeps the rows' bytes exact. Lazy arrays of chunked centres
+exchange through a scratch directory (``daskgauss.scratch``).
 
 Layout of one exchange (a pyramid level's, under the store's ``exchange/<level>``)::
 
@@ -113,8 +114,9 @@ class PartSummary:
         return int(self.counts.sum())
 
 
-def _layout(sigma: np.ndarray, amplitude: np.ndarray, covariance: np.ndarray | None
-            ) -> tuple[int, np.ndarray, int]:  # fmt: skip
+def _layout(
+    sigma: np.ndarray, amplitude: np.ndarray, covariance: np.ndarray | None
+) -> tuple[int, np.ndarray, int]:
     """Flags, shared values and columns of the rows of Gaussians of these values."""
     flags = 0
     shared = np.zeros(SHARED_VALUES)
@@ -387,80 +389,152 @@ class ExchangeReader:
             for (part, _, _, columns, _), chunk in zip(batch, data, strict=True)
         ]
 
-    def _columns(self, part: int, rows: np.ndarray) -> tuple[np.ndarray, ...]:
-        """Positions, sigmas, amplitudes and covariances (None if none) of one part's rows;
-        values the part's Gaussians share as one row."""
-        _, _, flags = self.layouts[part]
-        shared = self.shared[part]
-        at = 3
-        covariance = None
-        sigma = shared[None, 0:3]
-        if flags & SIGMA_ROWS:
-            sigma, at = rows[:, at : at + 3], at + 3
-        amplitude = shared[3:4]
-        if flags & AMPLITUDE_ROWS:
-            amplitude, at = rows[:, at], at + 1
-        if flags & COVARIANCE_ROWS:
-            covariance = rows[:, at : at + 6]
-        elif flags & COVARIANCE_SHARED:
-            covariance = shared[None, 4:10]
-        if covariance is not None:
-            # As the validation computes them (a correctly rounded square root).
-            sigma = np.sqrt(covariance[:, [0, 3, 5]])
-        return rows[:, 0:3], sigma, amplitude, covariance
+    def _forms(self, parts: np.ndarray) -> tuple[np.ndarray | None, ...]:
+        """For the parts holding a block's rows: the one sigma, amplitude and covariance row
+        all of them share (None where some part has them per row, or they differ), and
+        whether they are Gaussians with covariances."""
+        flags = self.layouts[parts, 2]
+        shared = self.shared[parts]
 
-    def sources(self, flat: int, grid: Grid, tol: float, level: int,
-                box: tuple[np.ndarray, np.ndarray] | None = None) -> BlockSources:  # fmt: skip
-        """Block ``flat``'s sources in summation order; with ``box`` = (first, last)
-        sample indices of the level, only those that reach it (rows are then read in
-        batches and filtered as they arrive, so that only those are held)."""
-        pieces = []
+        def common(flag: int, columns: slice) -> np.ndarray | None:
+            if not len(parts) or np.any(flags & flag):
+                return None
+            values = shared[:, columns]
+            return values[:1].copy() if np.all(values == values[0]) else None
+
+        covariance = bool(np.any(flags & (COVARIANCE_ROWS | COVARIANCE_SHARED)))
+        sigma = None if covariance else common(SIGMA_ROWS, slice(0, 3))
+        amplitude = common(AMPLITUDE_ROWS, slice(3, 4))
+        covariance_row = common(COVARIANCE_ROWS, slice(4, 10)) if covariance else None
+        amplitude = None if amplitude is None else amplitude.reshape(1)
+        return sigma, amplitude, covariance_row, covariance
+
+    def block(
+        self,
+        flat: int,
+        grid: Grid,
+        tol: float,
+        level: int,
+        start: np.ndarray,
+        shape: tuple[int, int, int],
+    ) -> ExchangedBlock:
+        """Block ``flat``'s Gaussians, every part's rows read once (in batches, into arrays
+        of their final size: what is held is the block's rows and one batch)."""
         entries = self.entries(flat)
+        count = int(entries[:, 2].sum())
+        sigma_shared, amplitude_shared, covariance_shared, covariance = self._forms(entries[:, 0])
+        positions = np.empty((count, 3))
+        sigma = np.empty((count, 3)) if sigma_shared is None else sigma_shared
+        amplitude = np.empty(count) if amplitude_shared is None else amplitude_shared
+        covariances = None
+        if covariance:
+            covariances = np.empty((count, 6)) if covariance_shared is None else covariance_shared
+        at = 0
         for batch in self._batches(entries):
             for part, rows in batch:
-                positions, sigma, amplitude, covariance = self._columns(part, rows)
-                if box is not None:
-                    keep = reaching(positions, np.ascontiguousarray(sigma), grid, tol, level, *box)
-                    # Per-row values (a shared one of a single row, too) keep the rows kept.
-                    positions, sigma, amplitude, covariance = (
-                        value if value is None or len(value) != len(keep) else value[keep]
-                        for value in (positions, sigma, amplitude, covariance)
-                    )
-                pieces.append((positions, sigma, amplitude, covariance))
-        counts = [len(piece[0]) for piece in pieces]
-        positions = _joined([piece[0] for piece in pieces], counts, (0, 3))
-        sigma = _joined([piece[1] for piece in pieces], counts, (0, 3))
-        amplitude = _joined([piece[2] for piece in pieces], counts, (0,))
-        covariance = None
-        if pieces and pieces[0][3] is not None:
-            covariance = _joined([piece[3] for piece in pieces], counts, (0, 6))
-        if len(pieces) > 1 and len(positions) > 1:
+                stop = at + len(rows)
+                positions[at:stop] = rows[:, 0:3]
+                flags = self.layouts[part, 2]
+                column = 3
+                if flags & SIGMA_ROWS:
+                    sigma[at:stop] = rows[:, column : column + 3]
+                    column += 3
+                elif sigma_shared is None and not covariance:
+                    sigma[at:stop] = self.shared[part, 0:3]
+                if flags & AMPLITUDE_ROWS:
+                    amplitude[at:stop] = rows[:, column]
+                    column += 1
+                elif amplitude_shared is None:
+                    amplitude[at:stop] = self.shared[part, 3]
+                if flags & COVARIANCE_ROWS:
+                    covariances[at:stop] = rows[:, column : column + 6]
+                elif covariance and covariance_shared is None:
+                    covariances[at:stop] = self.shared[part, 4:10]
+                at = stop
+        if covariances is not None:
+            # As the validation computes them: a correctly rounded square root.
+            sigma = np.sqrt(covariances[:, [0, 3, 5]])
+        return ExchangedBlock(
+            start=start,
+            shape=shape,
+            positions=positions,
+            sigma=sigma,
+            amplitude=amplitude,
+            covariance=covariances,
+            ordered=len(entries) <= 1,
+            grid=grid,
+            tol=tol,
+            level=level,
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ExchangedBlock:
+    """One block's Gaussians as read from an exchange: each part's rows in summation order,
+    parts laid end to end in part order.
+
+    Attributes
+    ----------
+    start : ndarray, shape (3,), int64
+        The block's first sample (of its level).
+    shape : tuple of 3 ints
+    positions, sigma, amplitude, covariance
+        As in :class:`._binning.BlockSources` (values all share as one row).
+    ordered : bool
+        Whether the rows are in summation order already (they came from one part).
+    grid : Grid
+        Level 0's grid.
+    tol : float
+    level : int
+    """
+
+    start: np.ndarray
+    shape: tuple[int, int, int]
+    positions: np.ndarray
+    sigma: np.ndarray
+    amplitude: np.ndarray
+    covariance: np.ndarray | None
+    ordered: bool
+    grid: Grid
+    tol: float
+    level: int
+
+    @property
+    def count(self) -> int:
+        """Gaussians that reach the block."""
+        return int(self.positions.shape[0])
+
+    def sources(self, box: tuple[np.ndarray, tuple[int, int, int]] | None = None) -> BlockSources:
+        """The block's sources in summation order; with ``box`` = (first sample, shape), a
+        box of the block's level, only those that reach it."""
+        values = (self.positions, self.sigma, self.amplitude, self.covariance)
+        count = self.count
+        if box is not None:
+            first = np.asarray(box[0], np.int64)
+            last = first + np.asarray(box[1], np.int64) - 1
+            keep = reaching(
+                self.positions, self.sigma, self.grid, self.tol, self.level, first, last
+            )
+            # Per-row values keep the rows kept (a value all share stays one row).
+            values = tuple(
+                value if value is None or len(value) != count else value[keep] for value in values
+            )
+        positions, sigma, amplitude, covariance = values
+        if not self.ordered and len(positions) > 1:
             # Parts in order, each in summation order: a stable sort by key restores the
             # order of the whole input (key, then index).
-            order = stable_order(entry_keys(positions, sigma, grid, tol, level))
+            order = stable_order(entry_keys(positions, sigma, self.grid, self.tol, self.level))
             positions, sigma, amplitude, covariance = (
-                value if value is None or len(value) == 1 else np.ascontiguousarray(value[order])
+                value if value is None or len(value) == 1 else value[order]
                 for value in (positions, sigma, amplitude, covariance)
             )
-        index_low, index_high = index_boxes(positions, sigma, grid, tol)
+        positions, sigma, amplitude = (
+            np.ascontiguousarray(v) for v in (positions, sigma, amplitude)
+        )
+        if covariance is not None:
+            covariance = np.ascontiguousarray(covariance)
+        index_low, index_high = index_boxes(positions, sigma, self.grid, self.tol)
         return BlockSources(positions, sigma, amplitude, index_low, index_high, covariance)
-
-
-def _joined(values: list[np.ndarray], counts: list[int], empty: tuple[int, ...]) -> np.ndarray:
-    """Pieces of ``counts`` rows laid end to end, C-contiguous: one row where every piece
-    is one and the same row (a value all share), shared rows spread over their piece."""
-    if not values:
-        return np.empty(empty)
-    first = values[0]
-    if all(len(value) == 1 for value in values) and all(
-        np.array_equal(value, first) for value in values
-    ):
-        return np.ascontiguousarray(first)
-    spread = [
-        np.broadcast_to(value, (count, *value.shape[1:])) if len(value) == 1 else value
-        for value, count in zip(values, counts, strict=True)
-    ]
-    return np.ascontiguousarray(np.concatenate(spread))
 
 
 @functools.lru_cache(maxsize=8)
@@ -521,22 +595,17 @@ class ExchangedSources:
     level: int
     blocks: Blocks
 
-    def block_start(self, block_index: tuple[int, int, int]) -> np.ndarray:
-        return self.blocks.start(block_index)
-
-    def block_shape(self, block_index: tuple[int, int, int]) -> tuple[int, int, int]:
-        return self.blocks.shape(block_index)
-
     def block_count(self, block_index: tuple[int, int, int]) -> int:
+        """Gaussians that reach the block (its index entries alone are read)."""
         return self.reader.count(self.blocks.flat(block_index))
 
-    def block_sources(self, block_index: tuple[int, int, int]) -> BlockSources:
-        return self.reader.sources(self.blocks.flat(block_index), self.grid, self.tol, self.level)
-
-    def box_sources(self, block_index: tuple[int, int, int], start: np.ndarray,
-                    shape: Sequence[int]) -> BlockSources:  # fmt: skip
-        """The sources of the block that reach samples ``start .. start + shape - 1`` of it."""
-        last = np.asarray(start, np.int64) + np.asarray(shape, np.int64) - 1
-        box = (np.asarray(start, np.int64), last)
-        return self.reader.sources(self.blocks.flat(block_index), self.grid, self.tol,
-                                   self.level, box)  # fmt: skip
+    def block(self, block_index: tuple[int, int, int]) -> ExchangedBlock:
+        """The block's Gaussians, read."""
+        return self.reader.block(
+            self.blocks.flat(block_index),
+            self.grid,
+            self.tol,
+            self.level,
+            self.blocks.start(block_index),
+            self.blocks.shape(block_index),
+        )

@@ -64,9 +64,23 @@ class BlockPairs:
 
 
 @numba.njit(nogil=True, cache=True)
-def _pair_entries(first_entry, stop_entry, positions, sigma, half_width, margin, origin,
-                  spacing, shape, block_of_sample, numblocks, first_block, stop_block,
-                  block_offsets, out):  # fmt: skip
+def _pair_entries(
+    first_entry,
+    stop_entry,
+    positions,
+    sigma,
+    half_width,
+    margin,
+    origin,
+    spacing,
+    shape,
+    block_of_sample,
+    numblocks,
+    first_block,
+    stop_block,
+    block_offsets,
+    out,
+):
     """Write, for blocks ``first_block:stop_block`` in order, the index of each entry that
     reaches the block, entries in order; return whether every block got the count the
     binning gave it."""
@@ -79,8 +93,9 @@ def _pair_entries(first_entry, stop_entry, positions, sigma, half_width, margin,
     for e in range(first_entry, stop_entry):
         for d in range(3):
             radius = sigma[e * sigma_step, d] * half_width + margin[d]
-            low[d], high[d] = _index_range(positions[e, d], radius, origin[d], spacing[d],
-                                           shape[d] - 1.0)  # fmt: skip
+            low[d], high[d] = _index_range(
+                positions[e, d], radius, origin[d], spacing[d], shape[d] - 1.0
+            )
         first_y = block_of_sample[1][low[1]]
         first_z = block_of_sample[2][low[2]]
         last_y = block_of_sample[1][high[1]]
@@ -111,8 +126,9 @@ def _entry_window(binning: Binning, first_block: int, stop_block: int) -> tuple[
     edges = np.concatenate([[0], np.cumsum(binning.chunks[0])])
     shape = binning.grid.level(binning.level).shape
     low_bin = max(int(edges[first_x]) - int(binning.widths[0]), 0) // BIN_SHAPE[0]
-    high_bin = min(int(edges[last_x + 1]) - 1 + int(binning.widths[0]), shape[0] - 1) // (
-        BIN_SHAPE[0])  # fmt: skip
+    high_bin = (
+        min(int(edges[last_x + 1]) - 1 + int(binning.widths[0]), shape[0] - 1) // (BIN_SHAPE[0])
+    )
     per_x_bin = -(-shape[1] // BIN_SHAPE[1]) * -(-shape[2] // BIN_SHAPE[2])
     keys = binning.keys
     start = int(np.searchsorted(keys, low_bin * per_x_bin))
@@ -120,8 +136,9 @@ def _entry_window(binning: Binning, first_block: int, stop_block: int) -> tuple[
     return start, stop
 
 
-def block_pairs(binning: Binning, first_block: int = 0, stop_block: int | None = None
-                ) -> BlockPairs:  # fmt: skip
+def block_pairs(
+    binning: Binning, first_block: int = 0, stop_block: int | None = None
+) -> BlockPairs:
     """Every pair of blocks ``first_block:stop_block`` (C-order flat indices; default all),
     grouped by block, each block's in the binning's summation order.
 
@@ -137,11 +154,23 @@ def block_pairs(binning: Binning, first_block: int = 0, stop_block: int | None =
     if len(entries):
         reach = Reach.of(binning.grid, binning.tol, binning.level)
         first_entry, stop_entry = _entry_window(binning, first_block, stop_block)
-        found = _pair_entries(first_entry, stop_entry, binning.positions, binning.sigma,
-                              reach.half_width, reach.margin, reach.origin, reach.spacing,
-                              reach.shape, _block_of_sample(binning.chunks),
-                              np.array(binning.numblocks, np.int64), first_block, stop_block,
-                              offsets, entries)  # fmt: skip
+        found = _pair_entries(
+            first_entry,
+            stop_entry,
+            binning.positions,
+            binning.sigma,
+            reach.half_width,
+            reach.margin,
+            reach.origin,
+            reach.spacing,
+            reach.shape,
+            _block_of_sample(binning.chunks),
+            np.array(binning.numblocks, np.int64),
+            first_block,
+            stop_block,
+            offsets,
+            entries,
+        )
         if not found:
             raise RuntimeError(
                 f"blocks {first_block}:{stop_block}: the pairs found differ from those the "
@@ -177,16 +206,17 @@ def _entry_keys(positions, sigma, half_width, margin, origin, spacing, shape, bi
         key = np.int64(0)
         for d in range(3):
             radius = sigma[e * sigma_step, d] * half_width + margin[d]
-            low, high = _index_range(positions[e, d], radius, origin[d], spacing[d],
-                                     shape[d] - 1.0)  # fmt: skip
-            key = key * bins[d] + _spatial_bin(positions[e, d], low, high, origin[d], spacing[d],
-                                               bin_shape[d])  # fmt: skip
+            low, high = _index_range(positions[e, d], radius, origin[d], spacing[d], shape[d] - 1.0)
+            key = key * bins[d] + _spatial_bin(
+                positions[e, d], low, high, origin[d], spacing[d], bin_shape[d]
+            )
         keys[e] = key
     return keys
 
 
-def entry_keys(positions: np.ndarray, sigma: np.ndarray, grid: Grid, tol: float, level: int = 0
-               ) -> np.ndarray:  # fmt: skip
+def entry_keys(
+    positions: np.ndarray, sigma: np.ndarray, grid: Grid, tol: float, level: int = 0
+) -> np.ndarray:
     """The spatial key the binning of pyramid level ``level`` gives each entry (its global
     bin, packed in C order), from its position and sigma alone.
 
@@ -201,8 +231,16 @@ def entry_keys(positions: np.ndarray, sigma: np.ndarray, grid: Grid, tol: float,
     ndarray, shape (K,), int64
     """
     reach = Reach.of(grid, tol, level)
-    return _entry_keys(positions, sigma, reach.half_width, reach.margin, reach.origin,
-                       reach.spacing, reach.shape, np.array(BIN_SHAPE, np.int64))  # fmt: skip
+    return _entry_keys(
+        positions,
+        sigma,
+        reach.half_width,
+        reach.margin,
+        reach.origin,
+        reach.spacing,
+        reach.shape,
+        np.array(BIN_SHAPE, np.int64),
+    )
 
 
 @numba.njit(nogil=True, cache=True)
@@ -214,8 +252,7 @@ def _reaching(positions, sigma, half_width, margin, origin, spacing, shape, firs
         reaches = True
         for d in range(3):
             radius = sigma[e * sigma_step, d] * half_width + margin[d]
-            low, high = _index_range(positions[e, d], radius, origin[d], spacing[d],
-                                     shape[d] - 1.0)  # fmt: skip
+            low, high = _index_range(positions[e, d], radius, origin[d], spacing[d], shape[d] - 1.0)
             if low > last[d] or high < first[d]:
                 reaches = False
                 break
@@ -223,11 +260,26 @@ def _reaching(positions, sigma, half_width, margin, origin, spacing, shape, firs
     return mask
 
 
-def reaching(positions: np.ndarray, sigma: np.ndarray, grid: Grid, tol: float, level: int,
-             first: np.ndarray, last: np.ndarray) -> np.ndarray:  # fmt: skip
+def reaching(
+    positions: np.ndarray,
+    sigma: np.ndarray,
+    grid: Grid,
+    tol: float,
+    level: int,
+    first: np.ndarray,
+    last: np.ndarray,
+) -> np.ndarray:
     """Which entries reach the samples ``first .. last`` (inclusive, per axis) of pyramid
     level ``level``: the binning's own test. Boolean, shape (K,)."""
     reach = Reach.of(grid, tol, level)
-    return _reaching(positions, sigma, reach.half_width, reach.margin, reach.origin,
-                     reach.spacing, reach.shape, np.asarray(first, np.int64),
-                     np.asarray(last, np.int64))  # fmt: skip
+    return _reaching(
+        positions,
+        sigma,
+        reach.half_width,
+        reach.margin,
+        reach.origin,
+        reach.spacing,
+        reach.shape,
+        np.asarray(first, np.int64),
+        np.asarray(last, np.int64),
+    )

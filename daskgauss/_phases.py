@@ -48,6 +48,8 @@ class Progress:
     label: str
     unit: str
     rows: Sequence[int] | None = None
+    # Said at the end of the line, e.g. how much an earlier run had done.
+    note: str = ""
 
     def __post_init__(self) -> None:
         self._started = time.perf_counter()
@@ -61,7 +63,7 @@ class Progress:
         line = f"{self.label}: {self._done} of {total} {self.unit}"
         if self.rows is not None:
             line += f", {self._rows_done:,} of {sum(self.rows):,} rows"
-        return f"{line}, {seconds:.1f} s"
+        return f"{line}{self.note}, {seconds:.1f} s"
 
     def advance(self, task: int, total: int) -> None:
         """Task number ``task`` (of ``total``) finished."""
@@ -136,8 +138,13 @@ def run_phase(
     return result
 
 
-def _run_locally(tasks: list[Any], progress: Progress | None, finish: Callable | None,
-                 finish_arguments: tuple, fan_in: int) -> Any:  # fmt: skip
+def _run_locally(
+    tasks: list[Any],
+    progress: Progress | None,
+    finish: Callable | None,
+    finish_arguments: tuple,
+    fan_in: int,
+) -> Any:
     """:func:`run_phase` on dask's local scheduler: one graph, ``finish`` included."""
     delayed = dask.delayed(pure=False)
     outputs = tasks

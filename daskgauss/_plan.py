@@ -85,6 +85,9 @@ class Request:
     chunks: object = None
     dtype: DTypeLike = "float32"
     covariance: ArrayLike | None = None
+    # Dask-array centres read several stored chunks at a time: the stored chunks' sizes
+    # (the job's fingerprint hashes each; see _chunked.chunked_inputs).
+    pieces: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True, eq=False)
@@ -364,7 +367,8 @@ def plan_chunked(request: Request, *, source: str = "centres", lazy: bool = Fals
     if lazy:
         check_lazy_blocks(chunks, shape)
     check_sigma_or_covariance(request.sigma, request.covariance)
-    inputs = chunked_inputs(request.centres, request.sigma, request.weights, request.covariance)
+    inputs = chunked_inputs(request.centres, request.sigma, request.weights, request.covariance,
+                            request.pieces)  # fmt: skip
     settings = ChunkSettings(request.grid, chunks, tol, request.normalize, periodic, source,
                              level)  # fmt: skip
     return ChunkedPlan(inputs, settings, dtype)

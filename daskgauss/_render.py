@@ -123,7 +123,7 @@ def _render_and_write(location: str, spec: JobSpec, level: int,
     if count != recorded:
         raise RuntimeError(f"block {block_index} of level {level}: the exchange holds {count} "
                            f"Gaussians, the check counted {recorded}")  # fmt: skip
-    shape = feed.block_shape(block_index)
+    shape = feed.blocks.shape(block_index)
     dtype = np.dtype(spec.dtype)
     values = render_fed_block(feed, block_index, dtype, out=_block_buffer(shape, dtype))
     target.write_block(block_index, values)
@@ -161,7 +161,10 @@ class ChunkedFeed:
     def fill(self, exchange: Exchange, progress: Progress | None) -> str:
         """Run the exchange on the cluster (parts written before are kept); return its
         index id."""
-        tasks = part_tasks(self.inputs, self.settings, exchange, exchange.parts_present())
+        present = exchange.parts_present()
+        if progress is not None and present:
+            progress.note = f" ({len(present)} chunks binned by an earlier run)"
+        tasks = part_tasks(self.inputs, self.settings, exchange, present)
         return run_phase(tasks, progress, finish=write_index,
                          finish_arguments=(exchange, self.settings.blocks.count))  # fmt: skip
 

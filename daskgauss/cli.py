@@ -362,6 +362,7 @@ def render(
             chunks=chunks,
             dtype=dtype,
             covariance=shared_covariance if covariance is not None else data.covariance,
+            pieces=data.pieces,
         ), data.source  # fmt: skip
 
     _render_job(store, request, **options)

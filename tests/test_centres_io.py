@@ -6,6 +6,7 @@ import io
 import re
 import uuid
 
+import dask
 import numpy as np
 import pytest
 
@@ -451,7 +452,11 @@ def test_zarr_array_reads_lazily(tmp_path):
     zarr.create_array(str(path), data=XYZ, chunks=(2, 3))
     read = read_centres(path)
     assert isinstance(read.centres, da.Array)
-    assert read.centres.chunks[0] == (2, 1)
+    # Stored chunks are read several at a time (daskgauss.chunk-rows), hashed one by one.
+    assert read.pieces == (2, 1)
+    assert read.centres.chunks[0] == (3,)
+    with dask.config.set({"daskgauss.chunk-rows": 2}):
+        assert read_centres(path).centres.chunks[0] == (2, 1)
     np.testing.assert_array_equal(read.centres.compute(), XYZ)
     assert read.weights is None
     assert read.sigma is None
@@ -497,12 +502,15 @@ def _parquet(path, columns: dict, row_group_size: int = 2):
     pq.write_table(pa.table(columns), str(path), row_group_size=row_group_size)
 
 
-def test_parquet_file_one_chunk_per_row_group(tmp_path):
+def test_parquet_file_row_groups_are_the_stored_pieces(tmp_path):
     path = tmp_path / "c.parquet"
     _parquet(path, {"x": XYZ[:, 0], "y": XYZ[:, 1], "z": XYZ[:, 2], "weight": WEIGHT,
                     "sigma": SIGMA, "name": ["a", "b", "c"]})  # fmt: skip
     read = read_centres(path)
-    assert read.centres.chunks[0] == (2, 1)
+    assert read.pieces == (2, 1)
+    assert read.centres.chunks[0] == (3,)  # consecutive row groups read together
+    with dask.config.set({"daskgauss.chunk-rows": 1}):
+        assert read_centres(path).centres.chunks[0] == (2, 1)
     np.testing.assert_array_equal(read.centres.compute(), XYZ)
     np.testing.assert_array_equal(read.weights.compute(), WEIGHT)
     np.testing.assert_array_equal(read.sigma.compute(), SIGMA)

@@ -937,6 +937,12 @@ def test_render_from_chunked_centres_equals_gaussian_sum(inputs, tmp_path, layou
                         *SMALL_CLUSTER)  # fmt: skip
     _succeeded(result)
     assert "reading and checking" in result.output
+    rows = len(centres)
+    # The phases report their own progress: the chunks read (the stored ones read several
+    # at a time), then the exchange, then the blocks.
+    assert f"1 of 1 chunks, {rows:,} of {rows:,} rows" in result.output
+    assert f"exchange: 1 of 1 chunks, {rows:,} of {rows:,} rows" in result.output
+    assert "render: " in result.output
     expected = dg.gaussian_sum(centres, sigma, _basic_grid(), weights=weight,
                                chunks=CHUNKS).compute()  # fmt: skip
     np.testing.assert_array_equal(_volume(store), expected)

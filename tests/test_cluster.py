@@ -38,11 +38,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def dask_cluster(directory: Path, workers: int = 2, threads: int = 1):
-    """A scheduler and ``workers`` nanny-managed worker processes, via the dask CLI."""
+def dask_cluster(directory: Path, workers: int = 2, threads: int = 1, hosts=("127.0.0.1",),
+                 environment: dict | None = None):  # fmt: skip
+    """A scheduler and ``workers`` nanny-managed worker processes, via the dask CLI, the
+    workers on ``hosts`` in turn (loopback addresses: one machine seen as several)."""
     directory.mkdir(parents=True, exist_ok=True)
     scheduler_file = directory / "scheduler.json"
-    environment = os.environ | {"PYTHONUNBUFFERED": "1"}
+    environment = os.environ | {"PYTHONUNBUFFERED": "1"} | (environment or {})
     processes = [
         subprocess.Popen(
             [
@@ -76,7 +78,7 @@ def dask_cluster(directory: Path, workers: int = 2, threads: int = 1):
                         "--scheduler-file",
                         str(scheduler_file),
                         "--host",
-                        "127.0.0.1",
+                        hosts[number % len(hosts)],
                         "--nthreads",
                         str(threads),
                         "--name",

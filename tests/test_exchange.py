@@ -30,8 +30,9 @@ def _inputs(rng, count=400, covariance=False):
 
 
 def _gaussians(centres, sigma, covariance, weights, first_row=0):
-    return prepare_gaussians(centres, sigma, covariance=covariance, weights=weights,
-                             first_row=first_row)  # fmt: skip
+    return prepare_gaussians(
+        centres, sigma, covariance=covariance, weights=weights, first_row=first_row
+    )
 
 
 def _per_row(values, count):
@@ -51,8 +52,9 @@ def _assert_same_sources(got, expected):
 
 
 def _feed(exchange, identity, binning):
-    return ExchangedSources(exchange.reader(identity), binning.grid, binning.tol, binning.level,
-                            Blocks(binning.chunks))  # fmt: skip
+    return ExchangedSources(
+        exchange.reader(identity), binning.grid, binning.tol, binning.level, Blocks(binning.chunks)
+    )
 
 
 CASES = {
@@ -77,37 +79,51 @@ def test_chunks_written_as_parts_read_back_as_the_in_memory_binning(tmp_path, rn
     weights[:100] = 2.0  # the first chunk's weights are all equal: shared in its part only
     grid = _grid(periodic)
     chunks = normalize_chunks((5, 7, 16), shape=grid.level(level).shape)
-    whole = bin_gaussians(_gaussians(centres, sigma, covariance, weights), grid, chunks,
-                          periodic=periodic, level=level)  # fmt: skip
+    whole = bin_gaussians(
+        _gaussians(centres, sigma, covariance, weights),
+        grid,
+        chunks,
+        periodic=periodic,
+        level=level,
+    )
     exchange = Exchange(str(tmp_path / "exchange"))
     summaries = []
     edges = [0, 100, 101, 250, 400]
     for number, (first, stop) in enumerate(itertools.pairwise(edges)):
-        part = _gaussians(centres[first:stop], None if sigma is None else sigma[first:stop],
-                          None if covariance is None else covariance[first:stop],
-                          weights[first:stop], first)  # fmt: skip
+        part = _gaussians(
+            centres[first:stop],
+            None if sigma is None else sigma[first:stop],
+            None if covariance is None else covariance[first:stop],
+            weights[first:stop],
+            first,
+        )
         binning = bin_gaussians(part, grid, chunks, periodic=periodic, level=level)
         summaries.append(exchange.write_part(number, block_pairs(binning)))
     assert exchange.index_id() is None
-    identity = exchange.write_index(summaries[::-1], whole.numblocks[0] * whole.numblocks[1]
-                                    * whole.numblocks[2])  # fmt: skip
+    identity = exchange.write_index(
+        summaries[::-1], whole.numblocks[0] * whole.numblocks[1] * whole.numblocks[2]
+    )
     assert exchange.index_id() == identity
     feed = _feed(exchange, identity, whole)
     for index in Blocks(chunks):
         assert feed.block_count(index) == whole.block_count(index)
-        _assert_same_sources(feed.block_sources(index), whole.block_sources(index))
+        block = feed.block(index)
+        assert block.count == whole.block_count(index)
+        _assert_same_sources(block.sources(), whole.block_sources(index))
         start = whole.block_start(index) + np.array([1, 0, 2])
         shape = np.maximum(np.array(whole.block_shape(index)) - [2, 1, 3], 1)
-        _assert_same_sources(feed.box_sources(index, start, shape),
-                             whole.box_sources(index, start, shape))  # fmt: skip
+        _assert_same_sources(block.sources((start, shape)), whole.box_sources(start, shape))
 
 
 @pytest.mark.parametrize("part_bytes", [1, 2000, 64 * 2**20])
 def test_binning_written_in_parts_of_blocks_reads_back(tmp_path, rng, part_bytes):
     centres, sigma, _, weights = _inputs(rng)
     grid = _grid(False)
-    binning = bin_gaussians(_gaussians(centres, sigma, None, weights), grid,
-                            normalize_chunks((5, 7, 16), shape=grid.shape))  # fmt: skip
+    binning = bin_gaussians(
+        _gaussians(centres, sigma, None, weights),
+        grid,
+        normalize_chunks((5, 7, 16), shape=grid.shape),
+    )
     exchange = Exchange(str(tmp_path / "exchange"))
     identity = write_binning(exchange, binning, part_bytes)
     parts = exchange.parts_present()
@@ -115,7 +131,7 @@ def test_binning_written_in_parts_of_blocks_reads_back(tmp_path, rng, part_bytes
     assert len(parts) > 1 or part_bytes > 10**6
     feed = _feed(exchange, identity, binning)
     for index in Blocks(binning.chunks):
-        _assert_same_sources(feed.block_sources(index), binning.block_sources(index))
+        _assert_same_sources(feed.block(index).sources(), binning.block_sources(index))
 
 
 def test_shared_values_are_written_once(tmp_path, rng):
@@ -128,7 +144,7 @@ def test_shared_values_are_written_once(tmp_path, rng):
     size = (tmp_path / "exchange" / "parts" / "00000000").stat().st_size
     assert size == summary.data_offset + 3 * 8 * binning.pairs
     identity = exchange.write_index([summary], 1)
-    sources = _feed(exchange, identity, binning).block_sources((0, 0, 0))
+    sources = _feed(exchange, identity, binning).block((0, 0, 0)).sources()
     assert sources.sigma.shape == (1, 3)
     assert sources.amplitude.shape == (1,)
 
@@ -140,8 +156,13 @@ def test_parts_present_and_their_summaries_survive_a_rerun(tmp_path, rng):
     exchange = Exchange(str(tmp_path / "exchange"))
     written = []
     for number, first in enumerate((0, 200)):
-        part = _gaussians(centres[first : first + 200], sigma[first : first + 200], None,
-                          weights[first : first + 200], first)  # fmt: skip
+        part = _gaussians(
+            centres[first : first + 200],
+            sigma[first : first + 200],
+            None,
+            weights[first : first + 200],
+            first,
+        )
         written.append(exchange.write_part(number, block_pairs(bin_gaussians(part, grid, chunks))))
     # A writer killed mid-write leaves a temporary name: not a part.
     (tmp_path / "exchange" / "parts" / "00000002.0123456789ab.partial").write_bytes(b"cut")
@@ -170,10 +191,18 @@ def test_pairs_without_gaussians_are_not_in_the_index(tmp_path, rng):
     for name, arranged in (("sorted", centres[order]), ("shuffled", centres)):
         exchange = Exchange(str(tmp_path / name))
         summaries = [
-            exchange.write_part(n, block_pairs(bin_gaussians(
-                _gaussians(arranged[first : first + 256], 0.3, None, None, first), grid, chunks)))
+            exchange.write_part(
+                n,
+                block_pairs(
+                    bin_gaussians(
+                        _gaussians(arranged[first : first + 256], 0.3, None, None, first),
+                        grid,
+                        chunks,
+                    )
+                ),
+            )
             for n, first in enumerate(range(0, 4096, 256))
-        ]  # fmt: skip
+        ]
         exchange.write_index(summaries, 64)
         entries[name] = sum(len(summary.blocks) for summary in summaries)
         assert entries[name] == sum(

@@ -15,8 +15,11 @@ from daskgauss._pairs import block_pairs, entry_keys, reaching
 
 
 def _binning(rng, count=300, periodic=False, level=0, covariance=False, shared_sigma=False):
-    grid = dg.Grid.from_box(0, 20, (24, 20, 16)) if periodic else dg.Grid.from_bounds(
-        (0, 0, 0), (20, 20, 20), (24, 20, 16))  # fmt: skip
+    grid = (
+        dg.Grid.from_box(0, 20, (24, 20, 16))
+        if periodic
+        else dg.Grid.from_bounds((0, 0, 0), (20, 20, 20), (24, 20, 16))
+    )
     centres = rng.uniform(-2, 22, size=(count, 3))
     weights = rng.normal(size=count)
     if covariance:
@@ -54,10 +57,12 @@ def test_pairs_are_each_block_s_sources_in_summation_order(rng, options):
         sources = binning.block_sources(index)
         rows = slice(at, at + count)
         np.testing.assert_array_equal(pairs.positions[rows], sources.positions)
-        np.testing.assert_array_equal(_per_row(pairs.sigma, pairs.count)[rows],
-                                      _per_row(sources.sigma, sources.count))  # fmt: skip
-        np.testing.assert_array_equal(_per_row(pairs.amplitude, pairs.count)[rows],
-                                      _per_row(sources.amplitude, sources.count))  # fmt: skip
+        np.testing.assert_array_equal(
+            _per_row(pairs.sigma, pairs.count)[rows], _per_row(sources.sigma, sources.count)
+        )
+        np.testing.assert_array_equal(
+            _per_row(pairs.amplitude, pairs.count)[rows], _per_row(sources.amplitude, sources.count)
+        )
         if options.get("covariance"):
             np.testing.assert_array_equal(pairs.covariance[rows], sources.covariance)
         at += count
@@ -94,5 +99,5 @@ def test_reaching_is_the_gather_s_test(rng):
     binning = _binning(rng)
     first, last = np.array([3, 0, 2]), np.array([9, 6, 11])
     mask = reaching(binning.positions, binning.sigma, binning.grid, binning.tol, 0, first, last)
-    box = binning.box_sources((0, 0, 0), first, last - first + 1)
+    box = binning.box_sources(first, last - first + 1)
     np.testing.assert_array_equal(binning.positions[mask], box.positions)
