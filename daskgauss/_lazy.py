@@ -53,10 +53,12 @@ def gaussian_sum(
         (x, y, z: the ``"ij"`` meshgrid convention). M = 0 gives zeros. Centres
         outside the grid count wherever their support reaches in. A dask array
         (from Zarr, Parquet, HDF5 ...) stays lazy: each chunk of rows is validated
-        and binned by a task where it lives, and each block gathers its pieces, so
-        no process holds all centres; the values are the same bits as for the
-        same centres in memory. Errors in the values then surface at compute time,
-        naming the row. ``sigma`` and ``weights`` may be dask arrays too.
+        and binned by a task where it lives, which writes its Gaussians for the
+        blocks they reach to a scratch directory (``daskgauss.scratch``); each block
+        reads its own, so no process holds all centres and the graph holds chunks +
+        blocks tasks; the values are the same bits as for the same centres in
+        memory. Errors in the values then surface at compute time, naming the row.
+        ``sigma``, ``weights`` and ``covariance`` may be dask arrays too.
     sigma : float or array_like, shape (M,), (M, 3) or (1, 3), or None
         Standard deviation (coordinate units): one for all, one per centre, one per
         centre and axis, or one anisotropic sigma for all. None when ``covariance``

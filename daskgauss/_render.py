@@ -454,8 +454,10 @@ def render_to_zarr(
     The volume never sits in memory: each dask task renders one block and writes
     it, so peak memory is about one block per running task. Runs on the active
     ``distributed.Client`` if there is one, else on dask's local threads. The
-    Gaussians reach the tasks through a sidecar in the store (``sources/``): each
-    task reads only the rows of its own block, so nothing large is in the graph.
+    Gaussians reach the tasks through an exchange in the store (``exchange/``,
+    removed once the store is complete): each task reads only the rows of its own
+    block, so nothing large is in the graph. Dask-array centres are binned chunk by
+    chunk on the cluster and written there by the chunks' own tasks.
 
     Parameters
     ----------

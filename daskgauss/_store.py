@@ -1,4 +1,4 @@
-"""Zarr v3 storage: the output store's layout, metadata, completion record and sidecar.
+"""Zarr v3 storage: the output store's layout, metadata, completion record, exchange place.
 
 This module knows nothing about dask, the kernel or the binning. It creates and opens
 the store, writes its metadata and reads back the job it records, records which blocks
